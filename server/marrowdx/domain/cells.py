@@ -1,0 +1,99 @@
+"""Which detected objects may be counted, and the call for each cell.
+
+Plain functions over boxes and probabilities: the rules a morphologist
+applies before counting (skip smudged, cut-off, overlapping and
+unidentifiable cells), made explicit and testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from marrowdx.domain.taxonomy import UNCOUNTABLE, Taxonomy
+
+
+class Exclusion(str, Enum):
+    NONE = "none"
+    SMUDGE = "smudge"
+    CUT_BY_EDGE = "cut_by_edge"
+    OVERLAPPING = "overlapping"
+    NOT_IDENTIFIABLE = "not_identifiable"
+    LOW_CONFIDENCE = "low_confidence"
+    RED_CELL = "red_cell"
+    PLATELET = "platelet"
+    ARTEFACT = "artefact"
+
+
+DETECTOR_EXCLUSIONS = {"red_cell": Exclusion.RED_CELL, "platelet": Exclusion.PLATELET, "smudge": Exclusion.SMUDGE,
+                       "artefact": Exclusion.ARTEFACT}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    detection_score: float = 0.3
+    reject_probability: float = 0.5
+    overlap_iou: float = 0.25
+    edge_margin_px: float = 2.0
+    minimum_count: int = 300
+    target_count: int = 500
+
+
+@dataclass(frozen=True)
+class CellCall:
+    source_index: int
+    image_id: str
+    box: tuple[float, float, float, float] | None
+    detection_score: float
+    detector_category: str
+    exclusion: Exclusion
+    cell_class: str
+    top_k: tuple[tuple[str, float], ...]
+
+    @property
+    def countable(self) -> bool:
+        return self.exclusion is Exclusion.NONE
+
+
+def geometric_exclusions(boxes: np.ndarray, nucleated: np.ndarray, width: int, height: int,
+                         thresholds: Thresholds) -> list[Exclusion]:
+    """Edge and overlap exclusions for nucleated cells (others get NONE here)."""
+    out = [Exclusion.NONE] * len(boxes)
+    idx = np.where(nucleated)[0]
+    m = thresholds.edge_margin_px
+    for i in idx:
+        x0, y0, x1, y1 = boxes[i]
+        if x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m:
+            out[i] = Exclusion.CUT_BY_EDGE
+    if len(idx) > 1:
+        b = boxes[idx]
+        x0 = np.maximum(b[:, None, 0], b[None, :, 0])
+        y0 = np.maximum(b[:, None, 1], b[None, :, 1])
+        x1 = np.minimum(b[:, None, 2], b[None, :, 2])
+        y1 = np.minimum(b[:, None, 3], b[None, :, 3])
+        inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+        np.fill_diagonal(iou, 0)
+        for row, i in enumerate(idx):
+            if out[i] is Exclusion.NONE and iou[row].max() > thresholds.overlap_iou:
+                out[i] = Exclusion.OVERLAPPING
+    return out
+
+
+def call_from_probabilities(probs: np.ndarray, taxonomy: Taxonomy, thresholds: Thresholds,
+                            top_k: int) -> tuple[str, Exclusion, tuple[tuple[str, float], ...]]:
+    """Class call for one crop with the reject path: 'uncountable' or a low top
+    probability exclude the cell instead of guessing a class."""
+    order = np.argsort(-probs)
+    ranked = tuple((taxonomy.codes[i], float(probs[i])) for i in order[: max(1, top_k)])
+    best_code, best_p = ranked[0]
+    if best_code == UNCOUNTABLE:
+        return best_code, Exclusion.NOT_IDENTIFIABLE, ranked
+    if not taxonomy.by_code(best_code).countable:
+        return best_code, DETECTOR_EXCLUSIONS.get(best_code, Exclusion.ARTEFACT), ranked
+    if best_p < thresholds.reject_probability:
+        return best_code, Exclusion.LOW_CONFIDENCE, ranked
+    return best_code, Exclusion.NONE, ranked

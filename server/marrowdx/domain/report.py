@@ -1,0 +1,91 @@
+"""The case report and the running tally it is built from."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from marrowdx.domain.cells import CellCall, Thresholds
+from marrowdx.domain.counting import Differential, differential
+from marrowdx.domain.diagnosis import Finding, RuleSet, conclusion, diagnose
+from marrowdx.domain.taxonomy import Taxonomy
+
+DISCLAIMER = ("Research use only. Not a medical device and not clinically validated: every result must be "
+              "reviewed by a qualified haematologist before any clinical use.")
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    detector: str
+    classifier: str
+    taxonomy: str
+    rule_set: str
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    case_id: str
+    accession_id: str = ""
+    specimen_type: str = "bone_marrow_aspirate"
+    target_count: int = 0
+    request_id: str = ""
+
+
+@dataclass
+class CaseTally:
+    """Cells of one case as they arrive, field by field."""
+
+    target_count: int
+    images_received: int = 0
+    calls: list[CellCall] = field(default_factory=list)
+
+    def add(self, calls: Iterable[CellCall]) -> None:
+        self.calls.extend(calls)
+
+    @property
+    def class_counts(self) -> Counter[str]:
+        return Counter(c.cell_class for c in self.calls if c.countable)
+
+    @property
+    def excluded_counts(self) -> Counter[str]:
+        return Counter(c.exclusion.value for c in self.calls if not c.countable)
+
+    @property
+    def cells_counted(self) -> int:
+        return sum(1 for c in self.calls if c.countable)
+
+    @property
+    def target_reached(self) -> bool:
+        return self.cells_counted >= self.target_count
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    report_id: str
+    case: CaseInfo
+    created_at: str
+    differential: Differential
+    excluded_counts: dict[str, int]
+    findings: tuple[Finding, ...]
+    conclusion: str
+    models: ModelVersions
+    thresholds: Thresholds
+    timings_ms: dict[str, float]
+    evidence: tuple[CellCall, ...]
+    images_received: int
+    trained_classes: frozenset[str]
+    disclaimer: str = DISCLAIMER
+
+
+def build_report(report_id: str, created_at: str, case: CaseInfo, tally: CaseTally, taxonomy: Taxonomy,
+                 rules: RuleSet, trained: Collection[str], models: ModelVersions, thresholds: Thresholds,
+                 timings_ms: dict[str, float]) -> CaseReport:
+    diff = differential(tally.class_counts, taxonomy)
+    findings = diagnose(diff, rules, trained)
+    return CaseReport(
+        report_id=report_id, case=case, created_at=created_at, differential=diff,
+        excluded_counts=dict(tally.excluded_counts), findings=findings, conclusion=conclusion(findings),
+        models=models, thresholds=thresholds, timings_ms=timings_ms, evidence=tuple(tally.calls),
+        images_received=tally.images_received, trained_classes=frozenset(trained),
+    )
