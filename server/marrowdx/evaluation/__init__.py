@@ -1,0 +1,1 @@
+"""Evaluation of the served models on labelled data."""

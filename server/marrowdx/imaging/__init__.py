@@ -1,0 +1,1 @@
+"""Image decoding, validation and framing (no model or network code)."""

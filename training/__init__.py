@@ -1,0 +1,1 @@
+"""Training, synthetic composition and export for the marrowdx models (needs torch)."""

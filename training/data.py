@@ -1,0 +1,94 @@
+"""Dataset indexing, the fixed train/val/test split, and decoded-image caches.
+
+The split itself lives in marrowdx.evaluation.splits, shared with evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from marrowdx.domain.taxonomy import Taxonomy
+from marrowdx.evaluation.splits import split_of
+from marrowdx.imaging.crops import frame_dataset_crop, resize_crop
+from PIL import Image
+
+DEFAULT_DATA_ROOT = Path(os.environ.get("MARROWDX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+CROP_CACHE_SIZE = 112
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+
+@dataclass(frozen=True)
+class CropItem:
+    path: Path
+    dataset: str
+    folder: str
+    targets: tuple[str, ...]
+    split: str
+
+
+def index_crops(root: Path, dataset: str, taxonomy: Taxonomy) -> list[CropItem]:
+    """Every image under ``root/<folder>/`` with its taxonomy targets and split."""
+    items = []
+    for folder in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for path in sorted((root / folder).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = f"{folder}/{path.name}"
+            targets = taxonomy.dataset_targets(dataset, folder, path.name)
+            items.append(CropItem(path, dataset, folder, targets, split_of(rel)))
+    return items
+
+
+def frame_crop(image: Image.Image, dataset: str, size: int = CROP_CACHE_SIZE) -> np.ndarray:
+    return resize_crop(frame_dataset_crop(image.convert("RGB"), dataset), size)
+
+
+def load_crop_cache(root: Path, dataset: str, taxonomy: Taxonomy) -> tuple[list[CropItem], np.ndarray]:
+    """Decoded, framed crops for a dataset, cached as one .npy next to this file."""
+    items = index_crops(root, dataset, taxonomy)
+    key = hashlib.sha1("\n".join(str(i.path) for i in items).encode()).hexdigest()[:12]
+    cache = CACHE_DIR / f"{dataset}-{CROP_CACHE_SIZE}-{key}.npy"
+    if cache.exists():
+        return items, np.load(cache)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    array = np.stack([frame_crop(Image.open(i.path), dataset) for i in items])
+    np.save(cache, array)
+    return items, array
+
+
+@dataclass(frozen=True)
+class FieldItem:
+    image_path: Path
+    boxes: np.ndarray  # K x 4, x0 y0 x1 y1 in pixels
+    classes: np.ndarray  # K, dataset class ids
+
+
+def read_yolo_labels(label_path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    boxes, classes = [], []
+    if label_path.exists():
+        for line in label_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 5:
+                continue
+            cls, cx, cy, bw, bh = int(parts[0]), *map(float, parts[1:])
+            boxes.append([(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height])
+            classes.append(cls)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
+
+
+def index_yolo_fields(root: Path, split: str) -> list[FieldItem]:
+    items = []
+    for path in sorted((root / "images" / split).iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        with Image.open(path) as im:
+            w, h = im.size
+        boxes, classes = read_yolo_labels(root / "labels" / split / f"{path.stem}.txt", w, h)
+        items.append(FieldItem(path, boxes, classes))
+    return items

@@ -1,0 +1,152 @@
+"""The two networks. Both take uint8 NHWC pixels so the exported graph owns
+its normalisation and the serving side never has to know the training stats.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Per-channel RGB mean/std of the training crops (rounded); baked into the graph.
+PIXEL_MEAN = (0.72, 0.63, 0.70)
+PIXEL_STD = (0.17, 0.21, 0.13)
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.skip(x))
+
+
+class PixelNorm(nn.Module):
+    """uint8 NHWC -> normalised float NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+
+class CellClassifier(nn.Module):
+    """Small ResNet for S x S cell crops; returns calibrated probabilities.
+
+    ``temperature`` is fitted after training on the val split (temperature
+    scaling, Guo et al. 2017) and stored as a buffer so export carries it.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.norm = PixelNorm()
+        self.features = nn.Sequential(
+            conv_bn(3, w, 2),
+            BasicBlock(w, w),
+            BasicBlock(w, 2 * w, 2),
+            BasicBlock(2 * w, 2 * w),
+            BasicBlock(2 * w, 4 * w, 2),
+            BasicBlock(4 * w, 4 * w),
+            BasicBlock(4 * w, 8 * w, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(8 * w, num_classes)
+        self.register_buffer("temperature", torch.ones(1))
+
+    def logits(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(self.norm(crops_uint8_nhwc))))
+
+    def forward(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(crops_uint8_nhwc) / self.temperature, dim=1)
+
+
+class CellDetector(nn.Module):
+    """CenterNet-style detector (Zhou et al. 2019, "Objects as Points").
+
+    A small ResNet backbone with a two-step top-down merge to stride 4; heads
+    for a per-category centre heatmap, box size and sub-pixel offset. The
+    decode (3x3 max-pool peak picking, top-K) is part of the graph, so every
+    runtime returns the same fixed-size padded outputs.
+    """
+
+    STRIDE = 4
+
+    def __init__(self, num_categories: int, top_k: int = 128, width: int = 24) -> None:
+        super().__init__()
+        w = width
+        self.top_k = top_k
+        self.norm = PixelNorm()
+        self.stem = nn.Sequential(conv_bn(3, w, 2), conv_bn(w, 2 * w, 2))  # /4
+        self.stage8 = nn.Sequential(BasicBlock(2 * w, 3 * w, 2), BasicBlock(3 * w, 3 * w))  # /8
+        self.stage16 = nn.Sequential(BasicBlock(3 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))  # /16
+        self.stage32 = nn.Sequential(BasicBlock(4 * w, 6 * w, 2), BasicBlock(6 * w, 6 * w))  # /32
+        self.lat16 = nn.Conv2d(4 * w, 2 * w, 1)
+        self.lat8 = nn.Conv2d(3 * w, 2 * w, 1)
+        self.lat4 = nn.Conv2d(2 * w, 2 * w, 1)
+        self.top = nn.Conv2d(6 * w, 2 * w, 1)
+        self.smooth = conv_bn(2 * w, 2 * w)
+        self.heatmap = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, num_categories, 1))
+        self.size = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
+        self.offset = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
+        # Focal-loss prior so the heatmap starts near "background" (CenterNet's -2.19).
+        nn.init.constant_(self.heatmap[-1].bias, -2.19)
+
+    def raw(self, image_uint8_nhwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.norm(image_uint8_nhwc)
+        c4 = self.stem(x)
+        c8 = self.stage8(c4)
+        c16 = self.stage16(c8)
+        c32 = self.stage32(c16)
+        p = self.top(c32)
+        p = F.interpolate(p, size=c16.shape[-2:], mode="nearest") + self.lat16(c16)
+        p = F.interpolate(p, size=c8.shape[-2:], mode="nearest") + self.lat8(c8)
+        p = F.interpolate(p, size=c4.shape[-2:], mode="nearest") + self.lat4(c4)
+        p = self.smooth(p)
+        return self.heatmap(p), self.size(p), self.offset(p)
+
+    def forward(self, image_uint8_nhwc: torch.Tensor):
+        heat_logits, size, offset = self.raw(image_uint8_nhwc)
+        return decode(heat_logits, size, offset, self.top_k, self.STRIDE)
+
+
+def decode(heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, top_k: int, stride: int):
+    """Peaks of the heatmap -> (boxes BxKx4 in input pixels, scores BxK, categories BxK, count Bx1)."""
+    heat = torch.sigmoid(heat_logits)
+    peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
+    heat = heat * (peaks == heat).float()
+    b, c, h, w = heat.shape
+    scores, index = torch.topk(heat.reshape(b, c * h * w), top_k, dim=1)
+    categories = torch.div(index, h * w, rounding_mode="floor")
+    pixel = index - categories * (h * w)
+    ys = torch.div(pixel, w, rounding_mode="floor")
+    xs = pixel - ys * w
+    size = size.reshape(b, 2, h * w)
+    offset = offset.reshape(b, 2, h * w)
+    gather = pixel.unsqueeze(1).expand(b, 2, top_k)
+    bw_bh = torch.gather(size, 2, gather).clamp(min=0) * stride
+    off = torch.gather(offset, 2, gather)
+    cx = (xs.float() + off[:, 0]) * stride
+    cy = (ys.float() + off[:, 1]) * stride
+    boxes = torch.stack([cx - bw_bh[:, 0] / 2, cy - bw_bh[:, 1] / 2, cx + bw_bh[:, 0] / 2, cy + bw_bh[:, 1] / 2], dim=2)
+    count = (scores >= 0.05).sum(dim=1, keepdim=True).int()
+    return boxes, scores, categories.int(), count

@@ -1,0 +1,170 @@
+"""Train the cell classifier on matek_bm + pbc crops (train split), select on
+val, fit the temperature on val, save a checkpoint.
+
+    python -m training.train_classifier --epochs 18 --out training/runs/classifier
+
+Reproducible: fixed seed, deterministic split, one thread per process by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
+from marrowdx.evaluation.metrics import classification_report
+from tqdm import tqdm
+
+from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
+from training.data import DEFAULT_DATA_ROOT, CropItem, load_crop_cache
+from training.models import CellClassifier
+
+CROP_SIZE = 96
+DATASETS = ("matek", "pbc")
+DATA_FOLDERS = {"matek": "matek_bm", "pbc": "pbc"}
+
+
+def target_mask(items: list[CropItem], taxonomy: Taxonomy) -> torch.Tensor:
+    mask = torch.zeros(len(items), len(taxonomy.codes), dtype=torch.bool)
+    for row, item in enumerate(items):
+        for code in item.targets:
+            mask[row, taxonomy.index(code)] = True
+    return mask
+
+
+def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-log P(label set): a coarse label ('ig') rewards any of its fine classes."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)).mean()
+
+
+def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None):
+    items, arrays = [], []
+    for dataset in DATASETS:
+        ds_items, ds_array = load_crop_cache(data_root / DATA_FOLDERS[dataset], dataset, taxonomy)
+        keep = [i for i, item in enumerate(ds_items) if item.split == split][:limit]
+        items += [ds_items[i] for i in keep]
+        arrays.append(ds_array[keep])
+    return items, torch.from_numpy(np.concatenate(arrays))
+
+
+@torch.no_grad()
+def predict_logits(model: CellClassifier, crops_uint8: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    model.eval()
+    out = [model.logits(resize_nhwc(crops_uint8[i : i + batch], CROP_SIZE)) for i in range(0, len(crops_uint8), batch)]
+    return torch.cat(out)
+
+
+def dataset_reports(items: list[CropItem], logits: torch.Tensor, taxonomy: Taxonomy) -> dict:
+    pred_codes = [taxonomy.codes[i] for i in logits.argmax(1).tolist()]
+    reports = {}
+    for dataset in DATASETS:
+        rows = [i for i, item in enumerate(items) if item.dataset == dataset]
+        if not rows:
+            continue
+        true = [items[i].folder for i in rows]
+        pred = [taxonomy.dataset_label_of(dataset, pred_codes[i]) for i in rows]
+        reports[dataset] = classification_report(true, pred, sorted(set(true)))
+    return reports
+
+
+def fit_temperature(logits: torch.Tensor, mask: torch.Tensor) -> float:
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = set_nll(logits / log_t.exp(), mask)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    taxonomy = default_taxonomy()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit)
+    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit)
+    train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
+    print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs")
+
+    model = CellClassifier(len(taxonomy.codes))
+    steps_per_epoch = max(1, len(train_items) // args.batch)
+    total = args.max_steps or steps_per_epoch * args.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+    log = open(out / "metrics.jsonl", "w")
+    best, step, epoch = -1.0, 0, 0
+    while step < total:
+        epoch += 1
+        model.train()
+        order = torch.randperm(len(train_items), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+        running = 0.0
+        for b in bar:
+            if step >= total:
+                break
+            idx = order[b * args.batch : (b + 1) * args.batch]
+            x = random_affine(train_x[idx].float(), CROP_SIZE, (0.8, 1.15), gen)
+            x = random_blur(stain_jitter(x, gen), gen)
+            loss = set_nll(model.logits(x), train_mask[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running = 0.9 * running + 0.1 * float(loss) if b else float(loss)
+            bar.set_postfix(loss=f"{running:.3f}")
+        reports = dataset_reports(val_items, predict_logits(model, val_x), taxonomy)
+        score = float(np.mean([r["macro_f1"] for r in reports.values()]))
+        record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
+                  **{f"val_{d}_{k}": r[k] for d, r in reports.items() for k in ("accuracy", "macro_f1")}}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(json.dumps(record))
+        if score > best:
+            best = score
+            torch.save(model.state_dict(), out / "best.pt")
+
+    model.load_state_dict(torch.load(out / "best.pt"))
+    val_logits = predict_logits(model, val_x)
+    temperature = fit_temperature(val_logits, val_mask)
+    model.temperature.fill_(temperature)
+    torch.save(model.state_dict(), out / "best.pt")
+    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
+               "taxonomy_version": taxonomy.version, "seed": args.seed}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument("--out", default="training/runs/classifier")
+    p.add_argument("--epochs", type=int, default=18)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many crops per dataset and split")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=4e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())

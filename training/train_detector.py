@@ -1,0 +1,218 @@
+"""Train the CenterNet-style cell detector on txl_pbc (train split; val for
+model selection) plus synthetic crowded fields composed from real crops.
+
+    python -m training.train_detector --epochs 20 --out training/runs/detector
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from marrowdx.domain.taxonomy import default_taxonomy
+from marrowdx.evaluation.detection import CategoryTally
+from marrowdx.imaging.letterbox import letterbox
+from PIL import Image
+from tqdm import tqdm
+
+from training.augment import random_blur, stain_jitter
+from training.data import CACHE_DIR, DEFAULT_DATA_ROOT, index_yolo_fields, load_crop_cache
+from training.models import CellDetector
+from training.synthetic import compose
+
+INPUT_SIZE = 320
+STRIDE = CellDetector.STRIDE
+
+
+def load_fields(root: Path, split: str, categories: tuple[str, ...], limit: int | None = None):
+    """Letterboxed fields (N x S x S x 3) and per-field boxes/categories in input pixels."""
+    taxonomy = default_taxonomy()
+    by_id = taxonomy.label_maps["txl_pbc"]["by_class_id"]
+    items = index_yolo_fields(root, split)[:limit]
+    key = hashlib.sha1(("\n".join(str(i.image_path) for i in items) + str(INPUT_SIZE)).encode()).hexdigest()[:12]
+    cache = CACHE_DIR / f"txl-{split}-{key}.npz"
+    if cache.exists():
+        data = np.load(cache, allow_pickle=True)
+        return data["images"], list(data["boxes"]), list(data["categories"])
+    images, all_boxes, all_categories = [], [], []
+    for item in tqdm(items, desc=f"letterbox {split}", leave=False):
+        with Image.open(item.image_path) as im:
+            array, frame = letterbox(im.convert("RGB"), INPUT_SIZE)
+        images.append(array)
+        all_boxes.append(frame.to_input(item.boxes))
+        all_categories.append(np.asarray([categories.index(by_id[str(c)]) for c in item.classes], np.int64))
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    boxes_obj = np.empty(len(all_boxes), dtype=object)
+    boxes_obj[:] = all_boxes
+    cats_obj = np.empty(len(all_categories), dtype=object)
+    cats_obj[:] = all_categories
+    np.savez(cache, images=np.stack(images), boxes=boxes_obj, categories=cats_obj)
+    return np.stack(images), all_boxes, all_categories
+
+
+def flip_rotate(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator):
+    size = image.shape[0]
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        boxes = np.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], 1)
+    if rng.random() < 0.5:
+        image = image[::-1]
+        boxes = np.stack([boxes[:, 0], size - boxes[:, 3], boxes[:, 2], size - boxes[:, 1]], 1)
+    if rng.random() < 0.5:  # transpose
+        image = image.transpose(1, 0, 2)
+        boxes = boxes[:, [1, 0, 3, 2]]
+    return np.ascontiguousarray(image), boxes.astype(np.float32)
+
+
+def make_targets(boxes: np.ndarray, categories: np.ndarray, num_categories: int, out_size: int):
+    heat = np.zeros((num_categories, out_size, out_size), np.float32)
+    size = np.zeros((2, out_size, out_size), np.float32)
+    offset = np.zeros((2, out_size, out_size), np.float32)
+    mask = np.zeros((out_size, out_size), np.float32)
+    yy, xx = np.mgrid[0:out_size, 0:out_size]
+    for box, cat in zip(boxes, categories, strict=True):
+        w, h = (box[2] - box[0]) / STRIDE, (box[3] - box[1]) / STRIDE
+        if w < 0.5 or h < 0.5:
+            continue
+        cx, cy = (box[0] + box[2]) / 2 / STRIDE, (box[1] + box[3]) / 2 / STRIDE
+        ix, iy = min(int(cx), out_size - 1), min(int(cy), out_size - 1)
+        sigma = max(0.7, min(w, h) / 6)
+        g = np.exp(-((xx - ix) ** 2 + (yy - iy) ** 2) / (2 * sigma**2))
+        heat[cat] = np.maximum(heat[cat], g)
+        size[:, iy, ix] = (w, h)
+        offset[:, iy, ix] = (cx - ix, cy - iy)
+        mask[iy, ix] = 1
+    return heat, size, offset, mask
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced pixel-wise focal loss."""
+    pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg_weight = torch.pow(1 - target, 4)
+    pos_loss = torch.log(pred) * torch.pow(1 - pred, 2) * pos
+    neg_loss = torch.log(1 - pred) * torch.pow(pred, 2) * neg_weight * (1 - pos)
+    n = pos.sum().clamp(min=1)
+    return -(pos_loss.sum() + neg_loss.sum()) / n
+
+
+@torch.no_grad()
+def evaluate(model: CellDetector, images: np.ndarray, boxes: list, categories: list, names: tuple[str, ...]) -> dict:
+    model.eval()
+    tallies = {name: CategoryTally() for name in names}
+    for start in range(0, len(images), 16):
+        out_boxes, out_scores, out_cats, _ = model(torch.from_numpy(images[start : start + 16]))
+        for j in range(out_boxes.shape[0]):
+            gt_b, gt_c = boxes[start + j], categories[start + j]
+            for c, name in enumerate(names):
+                sel = out_cats[j].numpy() == c
+                tallies[name].add(out_boxes[j].numpy()[sel], out_scores[j].numpy()[sel], gt_b[gt_c == c])
+    return {name: t.summary() for name, t in tallies.items() if t.n_ground_truth}
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    taxonomy = default_taxonomy()
+    names = taxonomy.detector_categories
+    nucleated, smudge = names.index("nucleated"), names.index("smudge")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    root = args.data / "txl_pbc"
+    train_x, train_boxes, train_cats = load_fields(root, "train", names, args.limit)
+    val_x, val_boxes, val_cats = load_fields(root, "val", names, args.limit)
+    crops = []
+    for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc")):
+        items, array = load_crop_cache(args.data / folder, dataset, taxonomy)
+        crops.append(array[[i for i, it in enumerate(items) if it.split == "train" and it.targets[0] not in ("platelet", "uncountable")]])
+    crops = np.concatenate(crops)
+    print(f"train {len(train_x)} fields (+synthetic p={args.p_synthetic}), val {len(val_x)} fields, {len(crops)} paste crops")
+
+    model = CellDetector(len(names))
+    out_size = INPUT_SIZE // STRIDE
+    steps_per_epoch = max(1, len(train_x) // args.batch)
+    total = args.max_steps or steps_per_epoch * args.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    log = open(out / "metrics.jsonl", "w")
+    best, step, epoch = -1.0, 0, 0
+    while step < total:
+        epoch += 1
+        model.train()
+        order = rng.permutation(len(train_x))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+        running = 0.0
+        for b in bar:
+            if step >= total:
+                break
+            batch_images, targets = [], []
+            for i in order[b * args.batch : (b + 1) * args.batch]:
+                image, boxes, cats = train_x[i], train_boxes[i], train_cats[i]
+                if rng.random() < args.p_synthetic:
+                    image, boxes, cats = compose(image, boxes, cats, crops, rng, nucleated, smudge)
+                image, boxes = flip_rotate(image, boxes, rng)
+                batch_images.append(image)
+                targets.append(make_targets(boxes, cats, len(names), out_size))
+            x = torch.from_numpy(np.stack(batch_images)).float()
+            x = random_blur(stain_jitter(x, gen, strength=0.7), gen, p=0.15, sigma_max=1.2)
+            heat_t, size_t, off_t, mask_t = (torch.from_numpy(np.stack(t)) for t in zip(*targets, strict=True))
+            heat, size, offset = model.raw(x)
+            m = mask_t.unsqueeze(1)
+            n = m.sum().clamp(min=1)
+            loss = (
+                focal_loss(heat, heat_t)
+                + 0.1 * (F.l1_loss(size * m, size_t * m, reduction="sum") / n)
+                + (F.l1_loss(offset * m, off_t * m, reduction="sum") / n)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
+            bar.set_postfix(loss=f"{running:.3f}")
+        report = evaluate(model, val_x, val_boxes, val_cats, names)
+        wbc = report.get("nucleated", {})
+        score = float(wbc.get("ap50", 0.0))
+        record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
+                  **{f"val_{n}_{k}": v[k] for n, v in report.items() for k in ("recall", "precision", "ap50")}}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(json.dumps(record), flush=True)
+        if score > best:
+            best = score
+            torch.save(model.state_dict(), out / "best.pt")
+    summary = {"best_val_wbc_ap50": best, "epochs": epoch, "steps": step, "input_size": INPUT_SIZE,
+               "categories": list(names), "seed": args.seed}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument("--out", default="training/runs/detector")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="at most this many fields per split")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--p-synthetic", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
