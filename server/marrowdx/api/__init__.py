@@ -1,0 +1,1 @@
+"""gRPC servicer, interceptors, errors and protobuf <-> domain converters."""

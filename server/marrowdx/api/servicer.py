@@ -1,0 +1,172 @@
+"""DiagnosisService: validate and translate messages; the service does the work."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+from marrowdx.api import convert
+from marrowdx.api.errors import NotFound, RequestError
+from marrowdx.api.observability import InFlightLimit, rpc
+from marrowdx.domain.report import DISCLAIMER
+from marrowdx.pipeline import ImageInput
+from marrowdx.service import CaseSession, MarrowService
+from marrowdx.settings import Settings
+
+MAX_TOP_K = 10
+
+
+def _top_k(value: int, default: int) -> int:
+    if value < 0 or value > MAX_TOP_K:
+        raise RequestError("top_k", f"must be between 0 and {MAX_TOP_K}")
+    return value or default
+
+
+def _image(msg: pb.Image, field: str) -> ImageInput:
+    if not msg.data:
+        raise RequestError(f"{field}.data", "image bytes are missing")
+    if msg.pixel_spacing_um < 0:
+        raise RequestError(f"{field}.pixel_spacing_um", "must not be negative")
+    return ImageInput(bytes(msg.data), msg.image_id[:128], f"{field}.data")
+
+
+class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
+    def __init__(self, service: MarrowService, settings: Settings, detector_categories: tuple[str, ...]) -> None:
+        self.service = service
+        self.settings = settings
+        self.limit = InFlightLimit(settings.max_in_flight)
+        self.detector_categories = detector_categories
+
+    def _versions(self) -> pb.ModelVersions:
+        return convert.models(self.service.versions())
+
+    @rpc("AnalyzeField")
+    async def AnalyzeField(self, request: pb.AnalyzeFieldRequest, context) -> pb.AnalyzeFieldResponse:
+        if not request.HasField("image"):
+            raise RequestError("image", "is required")
+        image = _image(request.image, "image")
+        result = await self.service.analyze_field(image, _top_k(request.top_k, self.settings.top_k))
+        classes, excluded = convert.counts(result.calls)
+        t = result.times
+        return pb.AnalyzeFieldResponse(
+            cells=[convert.cell_call(c) for c in result.calls], class_counts=classes, excluded_counts=excluded,
+            models=self._versions(), thresholds=convert.thresholds(self.service.thresholds),
+            timings=pb.Timings(decode_ms=t.decode_ms + t.crop_ms, detect_ms=t.detect_ms, classify_ms=t.classify_ms,
+                               total_ms=t.decode_ms + t.crop_ms + t.detect_ms + t.classify_ms),
+            image_width=result.width, image_height=result.height)
+
+    @rpc("ClassifyCells")
+    async def ClassifyCells(self, request: pb.ClassifyCellsRequest, context) -> pb.ClassifyCellsResponse:
+        if not request.crops:
+            raise RequestError("crops", "at least one crop is required")
+        if len(request.crops) > self.settings.max_crops_per_request:
+            raise RequestError("crops", f"{len(request.crops)} crops; at most {self.settings.max_crops_per_request} per request")
+        images = [_image(c, f"crops[{i}]") for i, c in enumerate(request.crops)]
+        calls = await self.service.classify_cells(images, _top_k(request.top_k, self.settings.top_k))
+        return pb.ClassifyCellsResponse(cells=[convert.cell_call(c) for c in calls], models=self._versions(),
+                                        thresholds=convert.thresholds(self.service.thresholds))
+
+    def _open(self, info: pb.CaseInfo, field: str) -> CaseSession:
+        if not info.case_id:
+            raise RequestError(f"{field}.case_id", "is required")
+        minimum = self.service.rules.minimum_count
+        if info.target_count and info.target_count < minimum:
+            raise RequestError(f"{field}.target_count", f"must be 0 (default) or at least the minimum count {minimum}")
+        return self.service.open_case(convert.case_info_from_pb(info))
+
+    async def _finish(self, session: CaseSession) -> pb.CaseReport:
+        report = self.service.report(session)
+        message = convert.case_report(report)
+        stored = await self.service.save(report, message.SerializeToString())
+        if stored.report_id != report.report_id:  # same request id as an earlier case
+            return pb.CaseReport.FromString(stored.payload)
+        return message
+
+    def _previous(self, info: pb.CaseInfo) -> pb.CaseReport | None:
+        stored = self.service.find_previous(convert.case_info_from_pb(info))
+        return pb.CaseReport.FromString(stored.payload) if stored else None
+
+    @rpc("DiagnoseCase")
+    async def DiagnoseCase(self, request: pb.DiagnoseCaseRequest, context) -> pb.DiagnoseCaseResponse:
+        if not request.HasField("case_info"):
+            raise RequestError("case_info", "is required")
+        previous = self._previous(request.case_info)
+        if previous is not None:
+            return pb.DiagnoseCaseResponse(report=previous)
+        session = self._open(request.case_info, "case_info")
+        if not request.fields and not request.crops:
+            raise RequestError("fields", "a case needs at least one field or crop")
+        total = len(request.fields) + len(request.crops)
+        if total > self.settings.max_images_per_case:
+            raise RequestError("fields", f"{total} images; at most {self.settings.max_images_per_case} per case")
+        fields = [_image(f, f"fields[{i}]") for i, f in enumerate(request.fields)]
+        crops = [_image(c, f"crops[{i}]") for i, c in enumerate(request.crops)]
+        top_k = self.settings.top_k
+        if fields:
+            await self.service.add_fields(session, fields, top_k)
+        if crops:
+            await self.service.add_crops(session, crops, top_k)
+        return pb.DiagnoseCaseResponse(report=await self._finish(session))
+
+    @rpc("DiagnoseCaseStream", streaming=True)
+    async def DiagnoseCaseStream(self, request_iterator, context) -> AsyncIterator[pb.DiagnoseCaseStreamResponse]:
+        session: CaseSession | None = None
+        index = 0
+        async for message in request_iterator:
+            kind = message.WhichOneof("item")
+            if kind is None:
+                raise RequestError("item", "each message needs start, field, crop or finish")
+            if session is None and kind != "start":
+                raise RequestError("start", "the first message of a case stream must be `start`")
+            if kind == "start":
+                if session is not None:
+                    raise RequestError("start", "a stream carries one case; `start` came twice")
+                previous = self._previous(message.start)
+                if previous is not None:
+                    yield pb.DiagnoseCaseStreamResponse(report=previous)
+                    return
+                session = self._open(message.start, "start")
+                continue
+            if kind == "finish":
+                yield pb.DiagnoseCaseStreamResponse(report=await self._finish(session))
+                return
+            if session.tally.images_received >= self.settings.max_images_per_case:
+                raise RequestError(kind, f"at most {self.settings.max_images_per_case} images per case")
+            image = _image(getattr(message, kind), f"{kind}[{index}]")
+            index += 1
+            if kind == "field":
+                await self.service.add_fields(session, [image], self.settings.top_k)
+            else:
+                await self.service.add_crops(session, [image], self.settings.top_k)
+            tally = session.tally
+            yield pb.DiagnoseCaseStreamResponse(progress=pb.RunningCount(
+                images_received=tally.images_received, cells_counted=tally.cells_counted,
+                target_count=tally.target_count, target_reached=tally.target_reached,
+                class_counts=dict(tally.class_counts)))
+        if session is not None:
+            # The client closed without `finish`: report what was counted, as the API documents.
+            yield pb.DiagnoseCaseStreamResponse(report=await self._finish(session))
+        else:
+            raise RequestError("start", "the stream closed before a case was started")
+
+    @rpc("GetReport")
+    async def GetReport(self, request: pb.GetReportRequest, context) -> pb.GetReportResponse:
+        key = request.WhichOneof("key")
+        if key is None or not getattr(request, key):
+            raise RequestError("key", "give report_id or accession_id")
+        stored = await self.service.get_report(**{key: getattr(request, key)})
+        if stored is None:
+            raise NotFound(f"no report for that {key}")
+        return pb.GetReportResponse(report=pb.CaseReport.FromString(stored.payload))
+
+    @rpc("GetModelInfo")
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
+        return pb.GetModelInfoResponse(
+            models=self._versions(), thresholds=convert.thresholds(self.service.thresholds),
+            classes=convert.class_infos(self.service.taxonomy, self.service.trained_classes),
+            detector_categories=list(self.detector_categories), disclaimer=DISCLAIMER)
+
+
+def servicer_factory(service: MarrowService, settings: Settings, categories: tuple[str, ...]) -> Callable[[], DiagnosisServicer]:
+    return lambda: DiagnosisServicer(service, settings, categories)

@@ -1,0 +1,149 @@
+"""Wire the parts together: Triton (managed or external), the models client,
+the pipeline, the store, the gRPC server with health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+from marrowdx.api.servicer import DiagnosisServicer
+from marrowdx.domain.cells import Thresholds
+from marrowdx.domain.diagnosis import default_rules
+from marrowdx.domain.report import ModelVersions
+from marrowdx.domain.taxonomy import default_taxonomy
+from marrowdx.imaging.decode import Limits
+from marrowdx.inference.launcher import ManagedTriton, start_triton
+from marrowdx.inference.triton import ModelError, TritonModels
+from marrowdx.pipeline import Pipeline
+from marrowdx.service import MarrowService
+from marrowdx.settings import Settings
+from marrowdx.store.sqlite import ReportStore
+
+log = structlog.get_logger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    models: TritonModels
+    service: MarrowService
+    store: ReportStore
+    triton: ManagedTriton | None
+    detector_categories: tuple[str, ...]
+
+    async def close(self) -> None:
+        await self.models.close()
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+        self.store.close()
+
+
+async def start_runtime(settings: Settings) -> Runtime:
+    taxonomy = default_taxonomy()
+    rules = default_rules()
+    triton = None
+    url = settings.triton_url
+    if not url:
+        triton = await asyncio.to_thread(start_triton, settings.model_repository, settings.state_dir)
+        url = triton.url
+    models = TritonModels(url, settings.triton_timeout_s)
+    try:
+        await models.load_contract(taxonomy.version, taxonomy.codes, taxonomy.detector_categories)
+    except BaseException:
+        await models.close()
+        if triton:
+            triton.stop()
+        raise
+    params_c, params_d = models.classifier.parameters, models.detector.parameters
+    trained = frozenset(c for c in params_c.get("trained_classes", "").split(",") if c)
+    thresholds = Thresholds(detection_score=settings.detection_score, reject_probability=settings.reject_probability,
+                            overlap_iou=settings.overlap_iou, minimum_count=rules.minimum_count,
+                            target_count=settings.target_count)
+    pipeline = Pipeline(models, taxonomy, thresholds,
+                        Limits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side),
+                        detector_input=int(params_d["input_size"]), crop_size=int(params_c["crop_size"]),
+                        detector_categories=taxonomy.detector_categories)
+
+    def versions() -> ModelVersions:
+        return ModelVersions(models.detector.version, models.classifier.version, taxonomy.version, rules.version)
+
+    store = ReportStore(settings.database_path)
+    service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds)
+    log.info("runtime.ready", triton=url, managed=triton is not None, detector=models.detector.version,
+             classifier=models.classifier.version)
+    return Runtime(settings, models, service, store, triton, taxonomy.detector_categories)
+
+
+async def watch_health(runtime: Runtime, health_servicer: health.aio.HealthServicer, period_s: float = 1.0) -> None:
+    """Health follows model readiness; a managed Triton that died is restarted."""
+    serving = None
+    while True:
+        ready = await runtime.models.ready()
+        if ready != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            log.info("health.changed", serving=ready)
+            serving = ready
+        if runtime.triton is not None and not runtime.triton.alive():
+            log.warning("triton.died", returncode=runtime.triton.process.returncode)
+            try:
+                port = runtime.triton.grpc_port
+                runtime.triton = await asyncio.to_thread(start_triton, runtime.settings.model_repository,
+                                                         runtime.settings.state_dir, port)
+            except Exception as exc:
+                log.error("triton.restart_failed", error=str(exc))
+        await asyncio.sleep(period_s)
+
+
+def create_server(settings: Settings, runtime: Runtime) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A gRPC server with the diagnosis service, health and reflection; returns the bound port."""
+    limit = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])
+    pb_grpc.add_DiagnosisServiceServicer_to_server(
+        DiagnosisServicer(runtime.service, settings, runtime.detector_categories), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    return server, port, health_servicer
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, int]]:
+    """Triton + front service, serving until the block exits (graceful stop)."""
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("plaintext.non_loopback", host=settings.host,
+                    note="gRPC without TLS on a non-loopback address; put it behind TLS termination")
+    runtime = await start_runtime(settings)
+    server, port, health_servicer = create_server(settings, runtime)
+    await server.start()
+    watcher = asyncio.create_task(watch_health(runtime, health_servicer))
+    log.info("server.started", port=port)
+    try:
+        yield runtime, port
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(settings.grace_seconds)
+        await runtime.close()
+        log.info("server.stopped")
+
+
+__all__ = ["ModelError", "Runtime", "create_server", "running_service", "start_runtime"]

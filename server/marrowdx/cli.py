@@ -1,0 +1,249 @@
+"""marrowdx command line: serve, analyze, diagnose, report, eval, demo.
+
+Research use only: not a medical device; results need review by a qualified
+haematologist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from marrowdx import logging as mlog
+from marrowdx.settings import PROJECT_ROOT, Settings
+
+DEMO_CASE = PROJECT_ROOT / "samples" / "demo-case"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        host=getattr(args, "host", None), port=getattr(args, "port", None),
+        triton_url=getattr(args, "triton_url", None), model_repository=getattr(args, "model_repository", None),
+        state_dir=getattr(args, "state_dir", None), database=getattr(args, "database", None),
+    )
+
+
+@contextlib.contextmanager
+def _service(args: argparse.Namespace) -> Iterator[str]:
+    if args.server:
+        yield args.server
+        return
+    from marrowdx.embedded import embedded_service
+
+    print("starting the embedded stack (tritonserver + front service)...", file=sys.stderr)
+    with embedded_service(_settings(args)) as address:
+        yield address
+
+
+def _print_json(message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from marrowdx.app import running_service
+
+    settings = _settings(args)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with running_service(settings) as (_, port):
+            print(f"marrowdx serving on {settings.host}:{port} (research use only)", file=sys.stderr, flush=True)
+            await stop.wait()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from marrowdx.client import Client, image_message, list_images
+
+    paths = list_images(args.images)
+    with _service(args) as address, Client(address) as client:
+        for path in paths:
+            response = client.analyze(image_message(path), top_k=args.top_k)
+            if args.json:
+                _print_json(response)
+                continue
+            print(f"{path.name}: {response.image_width}x{response.image_height}, {len(response.cells)} objects")
+            print("  counted: " + (", ".join(f"{k} {v}" for k, v in sorted(response.class_counts.items())) or "none"))
+            print("  excluded: " + (", ".join(f"{k} {v}" for k, v in sorted(response.excluded_counts.items())) or "none"))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+    from marrowdx.client import Client, image_message, list_images
+    from marrowdx.render import report_text
+
+    paths = list_images(args.images)
+    if not paths:
+        print("no images found", file=sys.stderr)
+        return 2
+    specimen = pb.SPECIMEN_TYPE_PERIPHERAL_BLOOD if args.peripheral_blood else pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE
+    info = pb.CaseInfo(case_id=args.case, accession_id=args.accession or "", target_count=args.target,
+                       specimen_type=specimen, request_id=args.request_id or "")
+    with _service(args) as address, Client(address) as client:
+        report = None
+        bar = tqdm(total=len(paths), desc="images", unit="img", disable=args.json or not sys.stderr.isatty())
+        messages = (image_message(p, f"{i:05d}{p.suffix}") for i, p in enumerate(paths))
+        for response in client.diagnose_stream(info, messages, as_crops=args.crops, stop_at_target=not args.all):
+            if response.HasField("progress"):
+                bar.update(1)
+                bar.set_postfix(counted=response.progress.cells_counted)
+            else:
+                report = response.report
+        bar.close()
+    if args.json:
+        _print_json(report)
+    else:
+        print(report_text(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from marrowdx.client import Client
+    from marrowdx.render import report_text
+
+    with Client(args.server) as client:
+        report = client.report(report_id=args.report_id or "", accession_id=args.accession or "")
+    _print_json(report) if args.json else print(report_text(report))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from marrowdx.client import Client
+
+    with _service(args) as address, Client(address) as client:
+        if args.kind == "crops":
+            from marrowdx.evaluation.crops import evaluate_crops, plot_curves
+
+            result, curves = evaluate_crops(client, Path(args.dir), args.labels, args.split)
+            if args.pr_png:
+                plot_curves(curves, Path(args.pr_png), f"{args.labels} ({result['split']}): PR per class")
+        else:
+            from marrowdx.evaluation.fields import evaluate_fields
+
+            result = evaluate_fields(client, Path(args.dir), args.format)
+        result["models"] = json_format.MessageToDict(client.model_info().models)
+    result["note"] = "Research use only; metrics on the split named above."
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    summary = {k: result[k] for k in ("n", "n_images", "accuracy", "macro_f1", "coverage", "wbc") if k in result}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.images = [str(DEMO_CASE / "crops")]
+    args.crops = True
+    args.case = "DEMO-001"
+    args.accession = "DEMO-ACC-001"
+    args.target = 0
+    args.request_id = ""
+    args.peripheral_blood = False
+    args.all = True
+    return cmd_diagnose(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marrowdx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stack_flags(p: argparse.ArgumentParser, server: bool = True) -> None:
+        if server:
+            p.add_argument("--server", help="HOST:PORT of a running service (default: start the embedded stack)")
+        p.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (default: start the bundled tritonserver)")
+        p.add_argument("--model-repository", type=Path)
+        p.add_argument("--state-dir", type=Path, help="Triton backend folder, logs and the default database")
+        p.add_argument("--database", type=Path, help="SQLite file for reports")
+
+    p = sub.add_parser("serve", help="run Triton and the gRPC front service")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    stack_flags(p, server=False)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("analyze", help="detect and classify the cells of field images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    stack_flags(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("diagnose", help="count a case and apply the diagnosis rules")
+    p.add_argument("images", nargs="+", help="images or folders")
+    p.add_argument("--case", required=True, help="case id (stored, never logged)")
+    p.add_argument("--accession")
+    p.add_argument("--crops", action="store_true", help="the images are single-cell crops, not fields")
+    p.add_argument("--target", type=int, default=0, help="cells to count (default from the rule set, 500)")
+    p.add_argument("--all", action="store_true", help="send every image even after the target is reached")
+    p.add_argument("--request-id", help="idempotency key")
+    p.add_argument("--peripheral-blood", action="store_true")
+    p.add_argument("--json", action="store_true")
+    stack_flags(p)
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("report", help="fetch a stored report")
+    p.add_argument("--server", required=True)
+    p.add_argument("--report-id")
+    p.add_argument("--accession")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("eval", help="evaluate the served models on labelled data")
+    eval_sub = p.add_subparsers(dest="kind", required=True)
+    e = eval_sub.add_parser("crops", help="folder of class sub-folders")
+    e.add_argument("dir")
+    e.add_argument("--labels", required=True, choices=["matek", "pbc"])
+    e.add_argument("--split", choices=["train", "val", "test"], help="only files of this split (default: all)")
+    e.add_argument("--json")
+    e.add_argument("--pr-png")
+    stack_flags(e)
+    e.set_defaults(func=cmd_eval)
+    e = eval_sub.add_parser("fields", help="whole fields with boxes")
+    e.add_argument("dir")
+    e.add_argument("--format", required=True, choices=["yolo", "voc"])
+    e.add_argument("--json")
+    stack_flags(e)
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="diagnose the bundled sample case end to end")
+    p.add_argument("--json", action="store_true")
+    stack_flags(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    mlog.configure(args.log_level or settings.log_level, json=settings.log_json)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""A small synchronous client for the diagnosis service (CLI, eval, demo, tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import grpc
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+
+
+def list_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders expanded (sorted, recursively) to their images."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    return out
+
+
+def image_message(path: Path, image_id: str | None = None) -> pb.Image:
+    return pb.Image(data=path.read_bytes(), image_id=image_id if image_id is not None else path.name)
+
+
+class Client:
+    def __init__(self, address: str, timeout_s: float = 300.0, max_message_mb: int = 64) -> None:
+        limit = max_message_mb * 1024 * 1024
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
+                                                               ("grpc.max_receive_message_length", limit)])
+        self.stub = pb_grpc.DiagnosisServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def analyze(self, image: pb.Image, top_k: int = 3) -> pb.AnalyzeFieldResponse:
+        return self.stub.AnalyzeField(pb.AnalyzeFieldRequest(image=image, top_k=top_k), timeout=self.timeout_s)
+
+    def classify(self, crops: list[pb.Image], top_k: int = 3) -> pb.ClassifyCellsResponse:
+        return self.stub.ClassifyCells(pb.ClassifyCellsRequest(crops=crops, top_k=top_k), timeout=self.timeout_s)
+
+    def diagnose(self, info: pb.CaseInfo, fields: list[pb.Image] = (), crops: list[pb.Image] = ()) -> pb.CaseReport:
+        request = pb.DiagnoseCaseRequest(case_info=info, fields=list(fields), crops=list(crops))
+        return self.stub.DiagnoseCase(request, timeout=self.timeout_s).report
+
+    def diagnose_stream(self, info: pb.CaseInfo, images: Iterable[pb.Image], as_crops: bool,
+                        stop_at_target: bool = True) -> Iterator[pb.DiagnoseCaseStreamResponse]:
+        """Send images one at a time; stop sending once the server says the target is reached."""
+        reached = {"value": False}
+
+        def requests() -> Iterator[pb.DiagnoseCaseStreamRequest]:
+            yield pb.DiagnoseCaseStreamRequest(start=info)
+            for image in images:
+                if stop_at_target and reached["value"]:
+                    break
+                yield pb.DiagnoseCaseStreamRequest(crop=image) if as_crops else pb.DiagnoseCaseStreamRequest(field=image)
+            yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())
+
+        # Requests are pulled lazily by grpc, so the flag set below is seen before the next image.
+        for response in self.stub.DiagnoseCaseStream(requests(), timeout=self.timeout_s):
+            if response.HasField("progress") and response.progress.target_reached:
+                reached["value"] = True
+            yield response
+
+    def report(self, report_id: str = "", accession_id: str = "") -> pb.CaseReport:
+        request = pb.GetReportRequest(report_id=report_id) if report_id else pb.GetReportRequest(accession_id=accession_id)
+        return self.stub.GetReport(request, timeout=self.timeout_s).report
+
+    def model_info(self) -> pb.GetModelInfoResponse:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout_s)

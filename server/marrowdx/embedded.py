@@ -1,0 +1,48 @@
+"""Run the whole stack (Triton + front service) in a background thread, for
+CLI commands without --server: the command still goes through real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from marrowdx.settings import Settings
+
+
+@contextlib.contextmanager
+def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iterator[str]:
+    """Yields the loopback address of a running service; stops it on exit."""
+    from marrowdx.app import running_service
+
+    started = threading.Event()
+    state: dict[str, object] = {}
+    stop: asyncio.Event | None = None
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        try:
+            async with running_service(settings.replace(host="127.0.0.1", port=0)) as (_, port):
+                state["port"] = port
+                started.set()
+                await stop.wait()
+        except BaseException as exc:  # surfaced in the calling thread
+            state["error"] = exc
+            started.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="marrowdx-embedded", daemon=True)
+    thread.start()
+    if not started.wait(start_timeout_s):
+        raise TimeoutError("the embedded service did not start in time")
+    if "error" in state:
+        thread.join(5)
+        raise RuntimeError(f"the embedded service failed to start: {state['error']}") from state["error"]
+    try:
+        yield f"127.0.0.1:{state['port']}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+        loop.close()

@@ -1,0 +1,133 @@
+"""Async client for the two models on Triton. tritonclient errors are
+translated here, once, into ModelUnavailable / ModelTimeout / ModelError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+DETECTOR = "detector"
+CLASSIFIER = "classifier"
+
+
+class ModelError(RuntimeError):
+    """The model server answered with an error we cannot retry."""
+
+
+class ModelUnavailable(ModelError):
+    """The model server is unreachable or a model is not ready."""
+
+
+class ModelTimeout(ModelError):
+    """The model server did not answer within the deadline."""
+
+
+class ModelContractError(ModelError):
+    """A served model does not match the contract (tensor names, taxonomy)."""
+
+
+def translate(exc: InferenceServerException) -> ModelError:
+    status = str(exc.status() or "")
+    if "DEADLINE_EXCEEDED" in status:
+        return ModelTimeout(f"model server timed out: {exc.message()}")
+    if "UNAVAILABLE" in status or "CANCELLED" in status or "not ready" in (exc.message() or "").lower():
+        return ModelUnavailable(f"model server unavailable: {exc.message()}")
+    return ModelError(f"model server error: {exc.message()}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    weights_version: str
+    taxonomy_version: str
+    max_batch_size: int
+    parameters: dict[str, str]
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}:{self.weights_version}"
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # B x K x 4, model-input pixels
+    scores: np.ndarray  # B x K
+    categories: np.ndarray  # B x K
+
+
+EXPECTED_TENSORS = {
+    DETECTOR: ({"IMAGE"}, {"BOXES", "SCORES", "CATEGORIES", "COUNT"}),
+    CLASSIFIER: ({"CROPS"}, {"PROBS"}),
+}
+
+
+class TritonModels:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+        self.detector: ModelInfo | None = None
+        self.classifier: ModelInfo | None = None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=2.0)
+                        and await self._client.is_model_ready(DETECTOR, client_timeout=2.0)
+                        and await self._client.is_model_ready(CLASSIFIER, client_timeout=2.0))
+        except InferenceServerException:
+            return False
+
+    async def load_contract(self, taxonomy_version: str, taxonomy_codes: tuple[str, ...],
+                            detector_categories: tuple[str, ...]) -> None:
+        """Fetch both configs and refuse models that do not match our taxonomy."""
+        self.detector = await self._model_info(DETECTOR)
+        self.classifier = await self._model_info(CLASSIFIER)
+        for info in (self.detector, self.classifier):
+            if info.taxonomy_version != taxonomy_version:
+                raise ModelContractError(f"{info.name} was trained for taxonomy {info.taxonomy_version!r}; "
+                                         f"the service runs {taxonomy_version!r}")
+        if tuple(self.classifier.parameters.get("classes", "").split(",")) != taxonomy_codes:
+            raise ModelContractError("classifier output classes differ from the taxonomy order")
+        if tuple(self.detector.parameters.get("categories", "").split(",")) != detector_categories:
+            raise ModelContractError("detector categories differ from the taxonomy's detector_categories")
+
+    async def _model_info(self, name: str) -> ModelInfo:
+        try:
+            response = await self._client.get_model_config(name, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise translate(exc) from exc
+        config = response.config
+        inputs = {i.name for i in config.input}
+        outputs = {o.name for o in config.output}
+        want_in, want_out = EXPECTED_TENSORS[name]
+        if inputs != want_in or not want_out <= outputs:
+            raise ModelContractError(f"{name}: tensors {sorted(inputs)} -> {sorted(outputs)} do not match the contract")
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        return ModelInfo(name, params.get("weights_version", "unknown"), params.get("taxonomy_version", ""),
+                         int(config.max_batch_size), params)
+
+    async def _infer(self, model: str, input_name: str, array: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        tensor = grpcclient.InferInput(input_name, list(array.shape), "UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        try:
+            result = await self._client.infer(model, [tensor], outputs=requested, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise translate(exc) from exc
+        return [result.as_numpy(o) for o in outputs]
+
+    async def detect(self, images: np.ndarray) -> Detections:
+        boxes, scores, categories = await self._infer(DETECTOR, "IMAGE", images, ["BOXES", "SCORES", "CATEGORIES"])
+        return Detections(boxes, scores, categories)
+
+    async def classify(self, crops: np.ndarray) -> np.ndarray:
+        limit = self.classifier.max_batch_size if self.classifier else 64
+        parts = [(await self._infer(CLASSIFIER, "CROPS", crops[i : i + limit], ["PROBS"]))[0]
+                 for i in range(0, len(crops), limit)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

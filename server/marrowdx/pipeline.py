@@ -1,0 +1,145 @@
+"""Field -> detections -> crops -> classes -> cell calls.
+
+CPU work (decode, letterbox, crop) runs in worker threads so the event loop
+keeps serving; model calls go to Triton concurrently, and the dynamic batcher
+there merges crops of many fields into one classifier batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from marrowdx.domain.cells import (
+    DETECTOR_EXCLUSIONS,
+    CellCall,
+    Exclusion,
+    Thresholds,
+    call_from_probabilities,
+    geometric_exclusions,
+)
+from marrowdx.domain.taxonomy import Taxonomy
+from marrowdx.imaging.crops import resize_crop, square_crop
+from marrowdx.imaging.decode import Limits, decode_rgb
+from marrowdx.imaging.letterbox import letterbox
+
+
+class Models(Protocol):
+    async def detect(self, images: np.ndarray): ...
+    async def classify(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class StepTimes:
+    decode_ms: float = 0.0
+    detect_ms: float = 0.0
+    classify_ms: float = 0.0
+    crop_ms: float = 0.0
+
+    def add(self, other: StepTimes) -> None:
+        self.decode_ms += other.decode_ms
+        self.detect_ms += other.detect_ms
+        self.classify_ms += other.classify_ms
+        self.crop_ms += other.crop_ms
+
+
+@dataclass
+class FieldResult:
+    calls: list[CellCall]
+    width: int
+    height: int
+    times: StepTimes = field(default_factory=StepTimes)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    image_id: str = ""
+    field_name: str = "image.data"
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class Pipeline:
+    def __init__(self, models: Models, taxonomy: Taxonomy, thresholds: Thresholds, limits: Limits,
+                 detector_input: int, crop_size: int, detector_categories: tuple[str, ...]) -> None:
+        self.models = models
+        self.taxonomy = taxonomy
+        self.thresholds = thresholds
+        self.limits = limits
+        self.detector_input = detector_input
+        self.crop_size = crop_size
+        self.categories = detector_categories
+
+    async def analyze_field(self, image: ImageInput, source_index: int, top_k: int) -> FieldResult:
+        times = StepTimes()
+        t = time.perf_counter()
+        rgb, framed, frame = await asyncio.to_thread(self._decode_and_frame, image)
+        times.decode_ms = _ms(t)
+
+        t = time.perf_counter()
+        det = await self.models.detect(framed[None])
+        times.detect_ms = _ms(t)
+
+        keep = det.scores[0] >= self.thresholds.detection_score
+        boxes = frame.to_original(det.boxes[0][keep])
+        scores = det.scores[0][keep]
+        names = [self.categories[int(c)] for c in det.categories[0][keep]]
+        nucleated = np.array([n == "nucleated" for n in names], dtype=bool)
+        exclusions = geometric_exclusions(boxes, nucleated, rgb.width, rgb.height, self.thresholds)
+        for i, name in enumerate(names):
+            if name in DETECTOR_EXCLUSIONS:
+                exclusions[i] = DETECTOR_EXCLUSIONS[name]
+
+        to_classify = [i for i in range(len(names)) if nucleated[i] and exclusions[i] is Exclusion.NONE]
+        t = time.perf_counter()
+        crops = await asyncio.to_thread(self._crops, rgb, boxes[to_classify]) if to_classify else None
+        times.crop_ms = _ms(t)
+        probs = None
+        if crops is not None:
+            t = time.perf_counter()
+            probs = await self.models.classify(crops)
+            times.classify_ms = _ms(t)
+
+        calls = []
+        row_of = {i: r for r, i in enumerate(to_classify)}
+        for i, name in enumerate(names):
+            box = tuple(float(v) for v in boxes[i])
+            if i in row_of:
+                code, exclusion, ranked = call_from_probabilities(probs[row_of[i]], self.taxonomy, self.thresholds, top_k)
+            else:
+                code, exclusion, ranked = "", exclusions[i], ()
+            calls.append(CellCall(source_index, image.image_id, box, float(scores[i]), name, exclusion, code, ranked))
+        return FieldResult(calls, rgb.width, rgb.height, times)
+
+    async def classify_crops(self, images: list[ImageInput], first_index: int, top_k: int) -> tuple[list[CellCall], StepTimes]:
+        times = StepTimes()
+        t = time.perf_counter()
+        crops = await asyncio.to_thread(self._decode_crops, images)
+        times.decode_ms = _ms(t)
+        t = time.perf_counter()
+        probs = await self.models.classify(crops)
+        times.classify_ms = _ms(t)
+        calls = []
+        for j, image in enumerate(images):
+            code, exclusion, ranked = call_from_probabilities(probs[j], self.taxonomy, self.thresholds, top_k)
+            calls.append(CellCall(first_index + j, image.image_id, None, 0.0, "", exclusion, code, ranked))
+        return calls, times
+
+    def _decode_and_frame(self, image: ImageInput):
+        rgb = decode_rgb(image.data, self.limits, image.field_name)
+        framed, frame = letterbox(rgb, self.detector_input)
+        return rgb, framed, frame
+
+    def _crops(self, rgb: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        return np.stack([square_crop(rgb, b, self.crop_size) for b in boxes])
+
+    def _decode_crops(self, images: list[ImageInput]) -> np.ndarray:
+        return np.stack([resize_crop(decode_rgb(i.data, self.limits, i.field_name), self.crop_size) for i in images])

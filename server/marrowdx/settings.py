@@ -1,0 +1,84 @@
+"""One settings object: defaults, overridden by MARROWDX_* environment
+variables, overridden by command-line flags. Read once in main, passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_repository() -> Path:
+    return PROJECT_ROOT / "model_repository"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # gRPC front service
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_mb: int = 64
+    max_in_flight: int = 64
+    grace_seconds: float = 10.0
+    # images
+    max_image_bytes: int = 40 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    min_image_side: int = 32
+    max_crops_per_request: int = 2048
+    max_images_per_case: int = 2000
+    # models / Triton
+    triton_url: str = ""  # empty: start the bundled tritonserver
+    model_repository: Path = field(default_factory=_default_repository)
+    state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var")
+    triton_timeout_s: float = 30.0
+    classify_batch: int = 128
+    # counting and thresholds
+    detection_score: float = 0.3
+    reject_probability: float = 0.5
+    overlap_iou: float = 0.25
+    target_count: int = 500
+    top_k: int = 3
+    # storage
+    database: Path | None = None  # default: state_dir / reports.sqlite3
+    log_level: str = "info"
+    log_json: bool = True
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.state_dir / "reports.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults <- MARROWDX_<FIELD> env vars <- explicit overrides (flags); None overrides are ignored."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"MARROWDX_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> object:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if kind.startswith("Path"):
+            return Path(raw) if raw else None
+    except ValueError:
+        raise ValueError(f"MARROWDX_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
