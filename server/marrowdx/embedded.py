@@ -7,13 +7,25 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from marrowdx.settings import Settings
 
+if TYPE_CHECKING:
+    from marrowdx.app import Runtime
+
+
+@dataclass
+class EmbeddedStack:
+    address: str
+    runtime: Runtime
+    loop: asyncio.AbstractEventLoop
+
 
 @contextlib.contextmanager
-def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iterator[str]:
-    """Yields the loopback address of a running service; stops it on exit."""
+def embedded_stack(settings: Settings, start_timeout_s: float = 180.0) -> Iterator[EmbeddedStack]:
+    """A running service on loopback (port chosen by the OS); stopped on exit."""
     from marrowdx.app import running_service
 
     started = threading.Event()
@@ -25,8 +37,9 @@ def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iter
         nonlocal stop
         stop = asyncio.Event()
         try:
-            async with running_service(settings.replace(host="127.0.0.1", port=0)) as (_, port):
+            async with running_service(settings.replace(host="127.0.0.1", port=0)) as (runtime, port):
                 state["port"] = port
+                state["runtime"] = runtime
                 started.set()
                 await stop.wait()
         except BaseException as exc:  # surfaced in the calling thread
@@ -41,8 +54,15 @@ def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iter
         thread.join(5)
         raise RuntimeError(f"the embedded service failed to start: {state['error']}") from state["error"]
     try:
-        yield f"127.0.0.1:{state['port']}"
+        yield EmbeddedStack(f"127.0.0.1:{state['port']}", state["runtime"], loop)
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(60)
         loop.close()
+
+
+@contextlib.contextmanager
+def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iterator[str]:
+    """Yields the loopback address of a running service; stops it on exit."""
+    with embedded_stack(settings, start_timeout_s) as stack:
+        yield stack.address

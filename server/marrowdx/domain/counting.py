@@ -27,7 +27,10 @@ def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The ends are exact at k = 0 and k = n; rounding would otherwise leave 1e-17.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def cells_to_decide(k: int, n: int, threshold: float, limit: int = 100_000) -> int:

@@ -4,6 +4,7 @@ decoded (decompression bombs); odd modes are converted where that is safe."""
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,12 @@ def decode_rgb(data: bytes, limits: Limits, field: str = "image.data") -> Image.
     if len(data) > limits.max_bytes:
         raise ImageError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}", field)
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below, with a message that names it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(f"image header declares more than {limits.max_pixels} pixels", field) from None
     except UnidentifiedImageError:
         raise ImageError("not a JPEG, PNG or TIFF image", field) from None
     except Exception as exc:  # Pillow raises many types on hostile headers

@@ -1,0 +1,64 @@
+"""Triton going away, and the front service restarting, on a stack of their own."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.client import Client, image_message
+from marrowdx.embedded import embedded_stack
+
+pytestmark = pytest.mark.integration
+CROPS = sorted((Path(__file__).resolve().parents[2] / "samples" / "demo-case" / "crops").glob("*.jpg"))
+
+
+def wait_for(health, want, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            seen = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        except grpc.RpcError:
+            seen = None
+        if seen == want:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"health stayed {seen}, wanted {want}")
+
+
+def test_health_goes_not_serving_when_triton_dies_and_recovers(fresh_settings):
+    with embedded_stack(fresh_settings) as stack, grpc.insecure_channel(stack.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        wait_for(health, health_pb2.HealthCheckResponse.SERVING)
+        stack.runtime.triton.process.kill()
+        wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # The managed Triton is restarted by the watchdog and the service recovers by itself.
+        wait_for(health, health_pb2.HealthCheckResponse.SERVING)
+        with Client(stack.address, timeout_s=60) as client:
+            assert len(client.classify([image_message(CROPS[0])]).cells) == 1
+
+
+def test_calls_while_triton_is_down_are_unavailable(fresh_settings):
+    with embedded_stack(fresh_settings) as stack, Client(stack.address, timeout_s=30) as client:
+        triton = stack.runtime.triton
+        triton.process.kill()
+        triton.process.wait()
+        with pytest.raises(grpc.RpcError) as info:
+            client.classify([image_message(CROPS[0])])
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_report_is_read_back_after_the_service_restarts(fresh_settings):
+    settings = fresh_settings
+    info = pb.CaseInfo(case_id="restart-case", accession_id=f"ACC-{uuid.uuid4().hex[:6]}")
+    with embedded_stack(settings) as stack, Client(stack.address) as client:
+        written = client.diagnose(info, crops=[image_message(p) for p in CROPS[:10]])
+    with embedded_stack(settings) as stack, Client(stack.address) as client:
+        assert client.report(report_id=written.report_id) == written
+        assert client.report(accession_id=info.accession_id).report_id == written.report_id

@@ -1,0 +1,178 @@
+"""Every RPC against the real stack: tritonserver with the committed models
+and the gRPC front service, both on loopback."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from PIL import Image
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.client import image_message
+from marrowdx.evaluation.detection import iou_matrix
+from marrowdx.evaluation.fields import read_boxes
+
+pytestmark = pytest.mark.integration
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+CROPS = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))
+FIELDS = sorted((SAMPLES / "fields" / "images").glob("*.jpg"))
+
+
+def crops(n: int, start: int = 0) -> list[pb.Image]:
+    return [image_message(p) for p in CROPS[start : start + n]]
+
+
+def case(**kw) -> pb.CaseInfo:
+    return pb.CaseInfo(case_id=kw.pop("case_id", f"case-{uuid.uuid4().hex[:8]}"), **kw)
+
+
+def bad_request_field(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return bad.field_violations[0].field
+    raise AssertionError("no BadRequest detail")
+
+
+def test_model_info_reports_versions_thresholds_and_untrained_classes(client):
+    info = client.model_info()
+    assert info.models.detector.startswith("detector:") and info.models.classifier.startswith("classifier:")
+    assert info.models.taxonomy and info.models.rule_set
+    assert 0 < info.thresholds.reject_probability < 1
+    trained = {c.code: c.trained for c in info.classes}
+    assert trained["blast"] and not trained["lymphoblast"]
+    assert "Research use only" in info.disclaimer
+
+
+def test_analyze_field_finds_the_labelled_white_cell(client):
+    for path in FIELDS:
+        response = client.analyze(image_message(path))
+        gt, names = read_boxes(path, SAMPLES / "fields" / "labels", "yolo")
+        wbc = gt[[n == "nucleated" for n in names]]
+        found = np.array([[c.box.x_min, c.box.y_min, c.box.x_max, c.box.y_max]
+                          for c in response.cells if c.detector_category == "nucleated"], np.float32).reshape(-1, 4)
+        assert iou_matrix(wbc, found).max(axis=1).min() >= 0.5, path.name
+        with Image.open(path) as im:
+            assert (response.image_width, response.image_height) == im.size
+        counted = sum(response.class_counts.values())
+        assert counted == sum(1 for c in response.cells if c.countable)
+        assert response.models.detector and response.thresholds.detection_score > 0
+
+
+def test_classify_cells_gives_one_sorted_call_per_crop(client):
+    response = client.classify(crops(8), top_k=4)
+    assert len(response.cells) == 8
+    for i, call in enumerate(response.cells):
+        assert call.source_index == i
+        probs = [p.probability for p in call.top_k]
+        assert len(probs) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+        assert call.cell_class == call.top_k[0].cell_class
+
+
+def test_diagnose_case_is_stored_and_read_back(client):
+    info = case(accession_id=f"ACC-{uuid.uuid4().hex[:6]}")
+    report = client.diagnose(info, crops=crops(40))
+    assert report.images_received == 40 and len(report.evidence) == 40
+    assert report.models.classifier and report.thresholds.minimum_count == 300
+    assert "Research use only" in report.disclaimer
+    assert all(f.status == pb.FINDING_STATUS_INDETERMINATE for f in report.findings)  # 40 < 300 cells
+    assert client.report(report_id=report.report_id) == report
+    assert client.report(accession_id=info.accession_id).report_id == report.report_id
+
+
+def test_stream_reports_the_running_count_and_stops_at_target(client):
+    info = case(target_count=300)
+    responses = list(client.diagnose_stream(info, crops(len(CROPS)), as_crops=True))
+    progress = [r.progress for r in responses if r.HasField("progress")]
+    report = responses[-1].report
+    assert responses[-1].HasField("report")
+    counted = [p.cells_counted for p in progress]
+    assert counted == sorted(counted) and progress[0].images_received == 1
+    if any(p.target_reached for p in progress):
+        first = next(i for i, p in enumerate(progress) if p.target_reached)
+        # The client stopped sending soon after the server said the target was reached.
+        assert len(progress) <= first + 3 and report.cells_counted >= 300
+    assert report.images_received == len(progress)
+
+
+def test_same_request_id_returns_the_same_report(client):
+    info = case(request_id=uuid.uuid4().hex)
+    first = client.diagnose(info, crops=crops(5))
+    second = client.diagnose(info, crops=crops(7))
+    assert second.report_id == first.report_id and second.images_received == 5
+
+
+def test_demo_case_from_real_crops_is_positive_for_acute_leukemia(client):
+    report = client.diagnose(case(), crops=crops(len(CROPS)))
+    finding = {f.code: f for f in report.findings}["acute_leukemia"]
+    # 100 blasts among 320 cells (31%): the interval must clear 20%.
+    assert report.cells_counted >= 300
+    assert finding.status == pb.FINDING_STATUS_POSITIVE, finding.explanation
+    assert finding.ci_low_percent >= 20.0
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda r: r.fields.add(data=b"not an image at all"), "fields[0].data"),
+    (lambda r: r.crops.add(data=b""), "crops[0].data"),
+    (lambda r: r.case_info.ClearField("case_id"), "case_info.case_id"),
+    (lambda r: setattr(r.case_info, "target_count", 10), "case_info.target_count"),
+])
+def test_bad_case_requests_are_invalid_argument_naming_the_field(client, mutate, field):
+    request = pb.DiagnoseCaseRequest(case_info=case())
+    request.crops.add(data=CROPS[0].read_bytes()) if field != "crops[0].data" else None
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.DiagnoseCase(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_field(info.value) == field
+
+
+def test_truncated_field_and_bomb_are_refused_and_service_keeps_serving(client):
+    data = FIELDS[0].read_bytes()
+    for payload in (data[: len(data) // 3], _png_bomb()):
+        with pytest.raises(grpc.RpcError) as info:
+            client.analyze(pb.Image(data=payload))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.analyze(image_message(FIELDS[0])).image_width > 0
+
+
+def _png_bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (12000, 12000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_unknown_report_is_not_found(client):
+    with pytest.raises(grpc.RpcError) as info:
+        client.report(report_id="rpt_nope")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_stream_must_start_with_start(client):
+    def requests():
+        yield pb.DiagnoseCaseStreamRequest(crop=crops(1)[0])
+
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.stub.DiagnoseCaseStream(requests(), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_is_serving_and_reflection_lists_the_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="marrowdx.v1.DiagnosisService"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert "marrowdx.v1.DiagnosisService" in names and "grpc.health.v1.Health" in names
