@@ -49,17 +49,16 @@ def frame_crop(image: Image.Image, dataset: str, size: int = CROP_CACHE_SIZE) ->
     return resize_crop(frame_dataset_crop(image.convert("RGB"), dataset), size)
 
 
-def load_crop_cache(root: Path, dataset: str, taxonomy: Taxonomy) -> tuple[list[CropItem], np.ndarray]:
-    """Decoded, framed crops for a dataset, cached as one .npy next to this file."""
-    items = index_crops(root, dataset, taxonomy)
+def load_crop_cache(items: list[CropItem]) -> np.ndarray:
+    """Decoded, framed crops for these items (N x 112 x 112 x 3), cached as one .npy."""
     key = hashlib.sha1("\n".join(str(i.path) for i in items).encode()).hexdigest()[:12]
-    cache = CACHE_DIR / f"{dataset}-{CROP_CACHE_SIZE}-{key}.npy"
+    cache = CACHE_DIR / f"crops-{CROP_CACHE_SIZE}-{key}.npy"
     if cache.exists():
-        return items, np.load(cache)
+        return np.load(cache)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    array = np.stack([frame_crop(Image.open(i.path), dataset) for i in items])
+    array = np.stack([frame_crop(Image.open(i.path), i.dataset) for i in items])
     np.save(cache, array)
-    return items, array
+    return array
 
 
 @dataclass(frozen=True)

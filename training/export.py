@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     fields = torch.from_numpy(np.load(args.example_fields)) if args.example_fields else torch.randint(0, 256, (2, DETECTOR_INPUT, DETECTOR_INPUT, 3), dtype=torch.uint8)
     common = {"weights_version": args.version, "taxonomy_version": taxonomy.version}
     trained = sorted({code for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
+                      if (args.data / folder).is_dir()
                       for item in index_crops(args.data / folder, dataset, taxonomy) if item.split == "train"
                       for code in item.targets})
     export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes)), 256, 2000,

@@ -21,7 +21,7 @@ from marrowdx.evaluation.metrics import classification_report
 from tqdm import tqdm
 
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
-from training.data import DEFAULT_DATA_ROOT, CropItem, load_crop_cache
+from training.data import DEFAULT_DATA_ROOT, CropItem, index_crops, load_crop_cache
 from training.models import CellClassifier
 
 CROP_SIZE = 96
@@ -43,14 +43,16 @@ def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)).mean()
 
 
-def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None):
-    items, arrays = [], []
-    for dataset in DATASETS:
-        ds_items, ds_array = load_crop_cache(data_root / DATA_FOLDERS[dataset], dataset, taxonomy)
-        keep = [i for i, item in enumerate(ds_items) if item.split == split][:limit]
-        items += [ds_items[i] for i in keep]
-        arrays.append(ds_array[keep])
-    return items, torch.from_numpy(np.concatenate(arrays))
+def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None,
+               datasets: tuple[str, ...] = DATASETS) -> tuple[list[CropItem], torch.Tensor]:
+    items: list[CropItem] = []
+    for dataset in datasets:
+        ds_items = [i for i in index_crops(data_root / DATA_FOLDERS[dataset], dataset, taxonomy) if i.split == split]
+        if limit:
+            # Spread a limited selection over the classes (smoke tests), deterministically.
+            ds_items = ds_items[:: max(1, len(ds_items) // limit)][:limit]
+        items += ds_items
+    return items, torch.from_numpy(load_crop_cache(items))
 
 
 @torch.no_grad()
@@ -96,17 +98,21 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit)
-    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit)
+    datasets = tuple(args.datasets.split(","))
+    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets)
+    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets)
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
     print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs")
 
     model = CellClassifier(len(taxonomy.codes))
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu"))
+        model.temperature.fill_(1.0)
     steps_per_epoch = max(1, len(train_items) // args.batch)
     total = args.max_steps or steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
-    log = open(out / "metrics.jsonl", "w")
+    log = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - appended to every epoch
     best, step, epoch = -1.0, 0, 0
     while step < total:
         epoch += 1
@@ -126,7 +132,7 @@ def train(args: argparse.Namespace) -> dict:
             opt.step()
             sched.step()
             step += 1
-            running = 0.9 * running + 0.1 * float(loss) if b else float(loss)
+            running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
         reports = dataset_reports(val_items, predict_logits(model, val_x), taxonomy)
         score = float(np.mean([r["macro_f1"] for r in reports.values()]))
@@ -145,7 +151,8 @@ def train(args: argparse.Namespace) -> dict:
     model.temperature.fill_(temperature)
     torch.save(model.state_dict(), out / "best.pt")
     summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
-               "taxonomy_version": taxonomy.version, "seed": args.seed}
+               "taxonomy_version": taxonomy.version, "seed": args.seed, "datasets": list(datasets),
+               "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
@@ -158,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many crops per dataset and split")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: matek,pbc")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--threads", type=int, default=1)

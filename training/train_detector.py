@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.augment import random_blur, stain_jitter
-from training.data import CACHE_DIR, DEFAULT_DATA_ROOT, index_yolo_fields, load_crop_cache
+from training.data import CACHE_DIR, DEFAULT_DATA_ROOT, index_crops, index_yolo_fields, load_crop_cache
 from training.models import CellDetector
 from training.synthetic import compose
 
@@ -130,11 +130,12 @@ def train(args: argparse.Namespace) -> dict:
     root = args.data / "txl_pbc"
     train_x, train_boxes, train_cats = load_fields(root, "train", names, args.limit)
     val_x, val_boxes, val_cats = load_fields(root, "val", names, args.limit)
-    crops = []
-    for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc")):
-        items, array = load_crop_cache(args.data / folder, dataset, taxonomy)
-        crops.append(array[[i for i, it in enumerate(items) if it.split == "train" and it.targets[0] not in ("platelet", "uncountable")]])
-    crops = np.concatenate(crops)
+    paste_items = [it for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
+                   for it in index_crops(args.data / folder, dataset, taxonomy)
+                   if it.split == "train" and it.targets[0] not in ("platelet", "uncountable")]
+    if args.limit:
+        paste_items = paste_items[:: max(1, len(paste_items) // args.limit)]
+    crops = load_crop_cache(paste_items)
     print(f"train {len(train_x)} fields (+synthetic p={args.p_synthetic}), val {len(val_x)} fields, {len(crops)} paste crops")
 
     model = CellDetector(len(names))
@@ -143,7 +144,7 @@ def train(args: argparse.Namespace) -> dict:
     total = args.max_steps or steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
-    log = open(out / "metrics.jsonl", "w")
+    log = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - appended to every epoch
     best, step, epoch = -1.0, 0, 0
     while step < total:
         epoch += 1

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install marrowdx with everything it needs, in one pip
+# resolution (numpy stays < 2 for nvidia-pytriton). Idempotent: skips the
+# install when pyproject.toml has not changed since the last one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.marrowdx-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import numpy, torch, tritonclient, onnxruntime; assert numpy.__version__ < '2'" \
+  || { echo "bootstrap: environment check failed" >&2; exit 1; }

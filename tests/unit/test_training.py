@@ -1,0 +1,71 @@
+"""Training runs a few steps in CI; export writes a repository whose ONNX and
+TorchScript outputs equal the eager model's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from PIL import Image
+from tritonclient.grpc import model_config_pb2
+
+from training import export, train_classifier, train_detector
+from training.models import CellClassifier, CellDetector
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
+    args = train_classifier.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
+                                        "--limit", "8", "--batch", "8", "--quiet"])
+    summary = train_classifier.train(args)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == summary["epochs"] >= 1
+    assert "val_matek_accuracy" in json.loads(lines[0])
+    assert (tmp_path / "best.pt").exists() and summary["temperature"] > 0
+    assert "blast" in summary["trained_classes"] and "lymphoblast" not in summary["trained_classes"]
+
+
+def test_detector_smoke_trains(shared_data, tmp_path):
+    args = train_detector.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
+                                      "--limit", "4", "--batch", "2", "--quiet"])
+    summary = train_detector.train(args)
+    assert summary["steps"] == 2 and (tmp_path / "best.pt").exists()
+
+
+def _sample_crops(n: int) -> np.ndarray:
+    files = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))[:n]
+    return np.stack([np.asarray(Image.open(f).convert("RGB").resize((96, 96))) for f in files])
+
+
+def test_export_outputs_equal_eager(tmp_path):
+    torch.manual_seed(0)
+    classifier = CellClassifier(24)
+    detector = CellDetector(4)
+    torch.save(classifier.state_dict(), tmp_path / "c.pt")
+    torch.save(detector.state_dict(), tmp_path / "d.pt")
+    np.save(tmp_path / "crops.npy", _sample_crops(6))
+    repo = tmp_path / "repo"
+    export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "test",
+                 "--repo", str(repo), "--example-crops", str(tmp_path / "crops.npy"), "--data", str(tmp_path)])
+    for name in ("classifier", "detector"):
+        config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.name == name and config.backend == "python"
+    crops = torch.from_numpy(_sample_crops(6))
+    diffs = export.check_equal(classifier.eval(), "classifier", crops, repo)
+    assert diffs["onnx"] < 1e-4 and diffs["torchscript"] < 1e-5
+
+
+def test_detection_difference_sees_a_moved_box():
+    boxes = torch.tensor([[[10.0, 10.0, 50.0, 50.0], [0, 0, 1, 1]]])
+    scores = torch.tensor([[0.9, 0.01]])
+    cats = torch.tensor([[0, 0]], dtype=torch.int32)
+    same = export.detection_difference((boxes, scores, cats), (boxes.numpy(), scores.numpy(), cats.numpy()))
+    moved = boxes.clone()
+    moved[0, 0, 0] += 3
+    assert same == 0.0
+    assert export.detection_difference((boxes, scores, cats), (moved.numpy(), scores.numpy(), cats.numpy())) == 3.0
