@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from marrowdx.evaluation.splits import split_of
 from PIL import Image
 
-from marrowdx.evaluation.splits import split_of
 from training.data import DEFAULT_DATA_ROOT
 
 OUT = Path(__file__).resolve().parents[1] / "samples"

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import prometheus_client
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -129,6 +130,9 @@ async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, in
         log.warning("plaintext.non_loopback", host=settings.host,
                     note="gRPC without TLS on a non-loopback address; put it behind TLS termination")
     runtime = await start_runtime(settings)
+    if settings.metrics_port:
+        # Loopback only: scrape through a sidecar or reverse proxy, never expose it directly.
+        prometheus_client.start_http_server(settings.metrics_port, addr="127.0.0.1")
     server, port, health_servicer = create_server(settings, runtime)
     await server.start()
     watcher = asyncio.create_task(watch_health(runtime, health_servicer))

@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None), port=getattr(args, "port", None),
         triton_url=getattr(args, "triton_url", None), model_repository=getattr(args, "model_repository", None),
         state_dir=getattr(args, "state_dir", None), database=getattr(args, "database", None),
+        metrics_port=getattr(args, "metrics_port", None),
     )
 
 
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run Triton and the gRPC front service")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     stack_flags(p, server=False)
     p.set_defaults(func=cmd_serve)
 

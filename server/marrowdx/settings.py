@@ -23,6 +23,7 @@ class Settings:
     max_message_mb: int = 64
     max_in_flight: int = 64
     grace_seconds: float = 10.0
+    metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1; 0 = off
     # images
     max_image_bytes: int = 40 * 1024 * 1024
     max_image_pixels: int = 50_000_000

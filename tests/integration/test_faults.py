@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client, image_message
 from marrowdx.embedded import embedded_stack
@@ -62,3 +61,19 @@ def test_report_is_read_back_after_the_service_restarts(fresh_settings):
     with embedded_stack(settings) as stack, Client(stack.address) as client:
         assert client.report(report_id=written.report_id) == written
         assert client.report(accession_id=info.accession_id).report_id == written.report_id
+
+
+def test_metrics_endpoint_counts_rpcs_by_method_and_code(fresh_settings):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with embedded_stack(fresh_settings.replace(metrics_port=port)) as stack, Client(stack.address) as client:
+        client.classify([image_message(CROPS[0])])
+        with pytest.raises(grpc.RpcError):
+            client.report(report_id="rpt_missing")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'marrowdx_rpcs_total{code="OK",method="ClassifyCells"}' in text
+    assert 'marrowdx_rpcs_total{code="NOT_FOUND",method="GetReport"}' in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from marrowdx.domain.cells import Exclusion, Thresholds, call_from_probabilities, geometric_exclusions
 from marrowdx.domain.taxonomy import default_taxonomy
 

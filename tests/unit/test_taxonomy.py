@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from marrowdx.domain.taxonomy import default_taxonomy, load_taxonomy
 
 TAX = default_taxonomy()

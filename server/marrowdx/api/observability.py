@@ -67,6 +67,7 @@ def rpc(method: str, streaming: bool = False) -> Callable:
             RPCS.labels(method, code).inc()
             LATENCY.labels(method).observe(time.perf_counter() - start)
             log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1e3, 1))
+            structlog.contextvars.clear_contextvars()
 
         if streaming:
             @functools.wraps(fn)
@@ -98,7 +99,7 @@ def rpc(method: str, streaming: bool = False) -> Callable:
             except Exception as exc:
                 self.limit.leave()
                 await _finish(context, start, exc)
-                raise AssertionError("unreachable: abort raises")  # pragma: no cover
+                raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
             self.limit.leave()
             await _finish(context, start, None)
             return response

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import hashlib
+import hmac
+import os
+from collections.abc import AsyncIterator
+
+import structlog
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
@@ -15,6 +20,12 @@ from marrowdx.service import CaseSession, MarrowService
 from marrowdx.settings import Settings
 
 MAX_TOP_K = 10
+# Logs correlate a case by a keyed hash of its id, never the id itself (it may identify a patient).
+_CASE_KEY = os.urandom(16)
+
+
+def case_reference(case_id: str) -> str:
+    return hmac.new(_CASE_KEY, case_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _top_k(value: int, default: int) -> int:
@@ -70,6 +81,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     def _open(self, info: pb.CaseInfo, field: str) -> CaseSession:
         if not info.case_id:
             raise RequestError(f"{field}.case_id", "is required")
+        structlog.contextvars.bind_contextvars(case_ref=case_reference(info.case_id))
         minimum = self.service.rules.minimum_count
         if info.target_count and info.target_count < minimum:
             raise RequestError(f"{field}.target_count", f"must be 0 (default) or at least the minimum count {minimum}")
@@ -167,6 +179,3 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             classes=convert.class_infos(self.service.taxonomy, self.service.trained_classes),
             detector_categories=list(self.detector_categories), disclaimer=DISCLAIMER)
 
-
-def servicer_factory(service: MarrowService, settings: Settings, categories: tuple[str, ...]) -> Callable[[], DiagnosisServicer]:
-    return lambda: DiagnosisServicer(service, settings, categories)

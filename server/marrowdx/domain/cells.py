@@ -8,14 +8,14 @@ unidentifiable cells), made explicit and testable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 from marrowdx.domain.taxonomy import UNCOUNTABLE, Taxonomy
 
 
-class Exclusion(str, Enum):
+class Exclusion(StrEnum):
     NONE = "none"
     SMUDGE = "smudge"
     CUT_BY_EDGE = "cut_by_edge"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 from marrowdx.domain.counting import Differential, cells_to_decide, wilson_interval
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     POSITIVE = "positive"
     NEGATIVE = "negative"
     INDETERMINATE = "indeterminate"

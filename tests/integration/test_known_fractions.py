@@ -1,0 +1,49 @@
+"""Cases built from real held-out (test split) Matek crops with a known blast fraction."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.client import image_message
+from marrowdx.evaluation.splits import split_of
+
+pytestmark = pytest.mark.integration
+OTHERS = ("LYT", "NGS", "MON", "EOS", "PMO")
+
+
+def test_crops(root, folder, n, skip=0):
+    files = [p for p in sorted((root / folder).iterdir()) if split_of(f"{folder}/{p.name}") == "test"]
+    assert len(files) >= skip + n, f"not enough test crops in {folder}"
+    return [image_message(p) for p in files[skip : skip + n]]
+
+
+test_crops.__test__ = False  # a helper, not a test
+
+
+def build_case(root, blasts, total):
+    per_other = (total - blasts) // len(OTHERS)
+    crops = test_crops(root, "BLA", blasts)
+    for folder in OTHERS:
+        crops += test_crops(root, folder, per_other)
+    return crops
+
+
+def acute(report):
+    return {f.code: f for f in report.findings}["acute_leukemia"]
+
+
+def test_120_blasts_among_400_cells_is_positive_with_its_interval(client, shared_data):
+    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex), crops=build_case(shared_data / "matek_bm", 120, 400))
+    finding = acute(report)
+    assert finding.status == pb.FINDING_STATUS_POSITIVE, finding.explanation
+    assert finding.ci_low_percent >= 20.0 and finding.ci_low_percent < finding.measured_percent < finding.ci_high_percent
+
+
+def test_borderline_blast_fraction_is_indeterminate(client, shared_data):
+    # 84 blasts among 400 cells: 21%, whose 95% interval straddles the 20% threshold.
+    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex), crops=build_case(shared_data / "matek_bm", 84, 400))
+    finding = acute(report)
+    assert finding.status == pb.FINDING_STATUS_INDETERMINATE, finding.explanation
+    assert finding.ci_low_percent < 20.0 <= finding.ci_high_percent
