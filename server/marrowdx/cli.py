@@ -149,6 +149,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from marrowdx.client import list_images
+    from marrowdx.loadgen import LoadConfig, load_images, run_load, table
+
+    images = load_images(list_images(args.images))
+    summaries = []
+    with _service(args) as address:
+        for concurrency in args.concurrency:
+            config = LoadConfig(address=address, rpc=args.rpc, images=images, concurrency=concurrency, rate=args.rate,
+                                duration_s=args.duration, requests=args.requests,
+                                crops_per_request=args.crops_per_request, progress=sys.stderr.isatty())
+            summaries.append(asyncio.run(run_load(config)).summary())
+    print(table(summaries))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summaries, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from marrowdx.bench import main_bench
+
+    return main_bench(args.images, args.quick, args.soak, args.json, _settings(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     args.images = [str(DEMO_CASE / "crops")]
     args.crops = True
@@ -225,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json")
     stack_flags(e)
     e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("loadgen", help="load-test a service (loopback or your own hosts only)")
+    p.add_argument("images", nargs="+", help="images or folders to send (fields, or crops for --rpc classify)")
+    p.add_argument("--rpc", choices=["analyze", "classify", "stream"], default="analyze")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[8], help="one run per value (closed loop)")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per run")
+    p.add_argument("--requests", type=int, default=0, help="stop after this many requests per run")
+    p.add_argument("--crops-per-request", type=int, default=32)
+    p.add_argument("--json")
+    stack_flags(p)
+    p.set_defaults(func=cmd_loadgen)
+
+    p = sub.add_parser("bench", help="models in process vs through Triton vs the whole service")
+    p.add_argument("images", nargs="*", help="field images (default: samples/fields/images)")
+    p.add_argument("--quick", action="store_true", help="about a minute: fewer points, shorter runs")
+    p.add_argument("--soak", type=float, default=0.0, help="also run SECONDS of saturating load, sampling memory")
+    p.add_argument("--json")
+    stack_flags(p, server=False)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="diagnose the bundled sample case end to end")
     p.add_argument("--json", action="store_true")
