@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from marrowdx.domain.cells import Thresholds, suppress_duplicates
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.evaluation.detection import CategoryTally
 from marrowdx.imaging.letterbox import letterbox
@@ -110,9 +111,12 @@ def evaluate(model: CellDetector, images: np.ndarray, boxes: list, categories: l
         out_boxes, out_scores, out_cats, _ = model(torch.from_numpy(images[start : start + 16]))
         for j in range(out_boxes.shape[0]):
             gt_b, gt_c = boxes[start + j], categories[start + j]
+            # The same duplicate suppression as the service (marrowdx.domain.cells).
+            keep = suppress_duplicates(out_boxes[j].numpy(), out_scores[j].numpy(), Thresholds().duplicate_iou)
+            boxes_j, scores_j, cats_j = out_boxes[j].numpy()[keep], out_scores[j].numpy()[keep], out_cats[j].numpy()[keep]
             for c, name in enumerate(names):
-                sel = out_cats[j].numpy() == c
-                tallies[name].add(out_boxes[j].numpy()[sel], out_scores[j].numpy()[sel], gt_b[gt_c == c])
+                sel = cats_j == c
+                tallies[name].add(boxes_j[sel], scores_j[sel], gt_b[gt_c == c])
     return {name: t.summary() for name, t in tallies.items() if t.n_ground_truth}
 
 

@@ -68,7 +68,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     params_c, params_d = models.classifier.parameters, models.detector.parameters
     trained = frozenset(c for c in params_c.get("trained_classes", "").split(",") if c)
     thresholds = Thresholds(detection_score=settings.detection_score, reject_probability=settings.reject_probability,
-                            overlap_iou=settings.overlap_iou, minimum_count=rules.minimum_count,
+                            overlap_iou=settings.overlap_iou, duplicate_iou=settings.duplicate_iou,
+                            minimum_count=rules.minimum_count,
                             target_count=settings.target_count)
     pipeline = Pipeline(models, taxonomy, thresholds,
                         Limits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side),

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from marrowdx.client import Client, list_images
-from marrowdx.domain.cells import Exclusion, Thresholds, geometric_exclusions
+from marrowdx.domain.cells import Exclusion, Thresholds, geometric_exclusions, suppress_duplicates
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import Limits, decode_rgb
 from marrowdx.imaging.letterbox import letterbox
@@ -59,7 +59,8 @@ class InProcessModels:
         t = time.perf_counter()
         boxes, scores, cats = self.detector.run(["BOXES", "SCORES", "CATEGORIES"], {"IMAGE": framed[None]})
         model_s = time.perf_counter() - t
-        keep = scores[0] >= self.thresholds.detection_score
+        keep = np.flatnonzero(scores[0] >= self.thresholds.detection_score)
+        keep = keep[suppress_duplicates(boxes[0][keep], scores[0][keep], self.thresholds.duplicate_iou)]
         b = frame.to_original(boxes[0][keep])
         nucleated = cats[0][keep] == 0
         excl = geometric_exclusions(b, nucleated, rgb.width, rgb.height, self.thresholds)
@@ -126,7 +127,8 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
             while time.perf_counter() < deadline:
                 rgb, framed, frame = prepared[i % len(prepared)]
                 boxes, scores, cats = await infer("detector", "IMAGE", framed[None], ["BOXES", "SCORES", "CATEGORIES"])
-                keep = scores[0] >= local.thresholds.detection_score
+                keep = np.flatnonzero(scores[0] >= local.thresholds.detection_score)
+                keep = keep[suppress_duplicates(boxes[0][keep], scores[0][keep], local.thresholds.duplicate_iou)]
                 b = frame.to_original(boxes[0][keep])
                 chosen = [k for k in range(len(b)) if cats[0][keep][k] == 0]
                 if chosen:

@@ -22,6 +22,7 @@ from marrowdx.domain.cells import (
     Thresholds,
     call_from_probabilities,
     geometric_exclusions,
+    suppress_duplicates,
 )
 from marrowdx.domain.taxonomy import Taxonomy
 from marrowdx.imaging.crops import resize_crop, square_crop
@@ -88,7 +89,8 @@ class Pipeline:
         det = await self.models.detect(framed[None])
         times.detect_ms = _ms(t)
 
-        keep = det.scores[0] >= self.thresholds.detection_score
+        keep = np.flatnonzero(det.scores[0] >= self.thresholds.detection_score)
+        keep = keep[suppress_duplicates(det.boxes[0][keep], det.scores[0][keep], self.thresholds.duplicate_iou)]
         boxes = frame.to_original(det.boxes[0][keep])
         scores = det.scores[0][keep]
         names = [self.categories[int(c)] for c in det.categories[0][keep]]

@@ -84,6 +84,7 @@ class MarrowService:
         thresholds = Thresholds(
             detection_score=self.thresholds.detection_score, reject_probability=self.thresholds.reject_probability,
             overlap_iou=self.thresholds.overlap_iou, edge_margin_px=self.thresholds.edge_margin_px,
+            duplicate_iou=self.thresholds.duplicate_iou,
             minimum_count=self.rules.minimum_count, target_count=session.tally.target_count,
         )
         report = build_report(

@@ -40,6 +40,7 @@ class Settings:
     detection_score: float = 0.3
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
+    duplicate_iou: float = 0.5
     target_count: int = 500
     top_k: int = 3
     # storage

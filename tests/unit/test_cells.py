@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from marrowdx.domain.cells import Exclusion, Thresholds, call_from_probabilities, geometric_exclusions
+from marrowdx.domain.cells import (
+    Exclusion,
+    Thresholds,
+    call_from_probabilities,
+    geometric_exclusions,
+    suppress_duplicates,
+)
 from marrowdx.domain.taxonomy import default_taxonomy
 
 TAX = default_taxonomy()
@@ -56,3 +62,15 @@ def test_not_identifiable_class_is_excluded():
 def test_platelet_crop_is_excluded_as_platelet():
     _, exclusion, _ = call_from_probabilities(probs(platelet=0.95), TAX, T, 1)
     assert exclusion is Exclusion.PLATELET
+
+
+def test_duplicate_peaks_on_one_cell_keep_the_best():
+    boxes = np.array([[100, 100, 160, 160], [104, 102, 162, 158], [200, 200, 240, 240]], np.float32)
+    keep = suppress_duplicates(boxes, np.array([0.6, 0.9, 0.7], np.float32), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_touching_cells_are_not_duplicates():
+    boxes = np.array([[100, 100, 160, 160], [140, 100, 200, 160]], np.float32)  # IoU 0.2
+    assert sorted(suppress_duplicates(boxes, np.array([0.9, 0.8], np.float32), 0.5).tolist()) == [0, 1]
+    assert suppress_duplicates(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0

@@ -53,7 +53,8 @@ def models(versions: ModelVersions) -> pb.ModelVersions:
 
 def thresholds(t: Thresholds) -> pb.Thresholds:
     return pb.Thresholds(detection_score=t.detection_score, reject_probability=t.reject_probability,
-                         overlap_iou=t.overlap_iou, minimum_count=t.minimum_count, target_count=t.target_count)
+                         overlap_iou=t.overlap_iou, minimum_count=t.minimum_count, target_count=t.target_count,
+                         duplicate_iou=t.duplicate_iou)
 
 
 def counts(calls: Iterable[CellCall]) -> tuple[dict[str, int], dict[str, int]]:

@@ -36,6 +36,7 @@ class Thresholds:
     detection_score: float = 0.3
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
+    duplicate_iou: float = 0.5
     edge_margin_px: float = 2.0
     minimum_count: int = 300
     target_count: int = 500
@@ -57,6 +58,31 @@ class CellCall:
         return self.exclusion is Exclusion.NONE
 
 
+def _iou(boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+
+
+def suppress_duplicates(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices to keep, best first: a centre-point detector can put two peaks on one
+    large cell (a lobed nucleus); boxes overlapping a better one by more than
+    ``iou_threshold`` are the same object, whatever category each peak chose."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-scores, kind="stable")
+    iou = _iou(boxes[order])
+    keep: list[int] = []
+    for rank in range(len(order)):
+        if all(iou[rank, k] <= iou_threshold for k in keep):
+            keep.append(rank)
+    return order[keep]
+
+
 def geometric_exclusions(boxes: np.ndarray, nucleated: np.ndarray, width: int, height: int,
                          thresholds: Thresholds) -> list[Exclusion]:
     """Edge and overlap exclusions for nucleated cells (others get NONE here)."""
@@ -68,14 +94,7 @@ def geometric_exclusions(boxes: np.ndarray, nucleated: np.ndarray, width: int, h
         if x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m:
             out[i] = Exclusion.CUT_BY_EDGE
     if len(idx) > 1:
-        b = boxes[idx]
-        x0 = np.maximum(b[:, None, 0], b[None, :, 0])
-        y0 = np.maximum(b[:, None, 1], b[None, :, 1])
-        x1 = np.minimum(b[:, None, 2], b[None, :, 2])
-        y1 = np.minimum(b[:, None, 3], b[None, :, 3])
-        inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+        iou = _iou(boxes[idx])
         np.fill_diagonal(iou, 0)
         for row, i in enumerate(idx):
             if out[i] is Exclusion.NONE and iou[row].max() > thresholds.overlap_iou:

@@ -113,18 +113,20 @@ class ModelVersions(_message.Message):
     def __init__(self, detector: _Optional[str] = ..., classifier: _Optional[str] = ..., taxonomy: _Optional[str] = ..., rule_set: _Optional[str] = ...) -> None: ...
 
 class Thresholds(_message.Message):
-    __slots__ = ("detection_score", "reject_probability", "overlap_iou", "minimum_count", "target_count")
+    __slots__ = ("detection_score", "reject_probability", "overlap_iou", "minimum_count", "target_count", "duplicate_iou")
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
     REJECT_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_IOU_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_COUNT_FIELD_NUMBER: _ClassVar[int]
     TARGET_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_IOU_FIELD_NUMBER: _ClassVar[int]
     detection_score: float
     reject_probability: float
     overlap_iou: float
     minimum_count: int
     target_count: int
-    def __init__(self, detection_score: _Optional[float] = ..., reject_probability: _Optional[float] = ..., overlap_iou: _Optional[float] = ..., minimum_count: _Optional[int] = ..., target_count: _Optional[int] = ...) -> None: ...
+    duplicate_iou: float
+    def __init__(self, detection_score: _Optional[float] = ..., reject_probability: _Optional[float] = ..., overlap_iou: _Optional[float] = ..., minimum_count: _Optional[int] = ..., target_count: _Optional[int] = ..., duplicate_iou: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("decode_ms", "detect_ms", "classify_ms", "count_ms", "total_ms")
