@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from marrowdx.domain.taxonomy import Taxonomy
 from marrowdx.evaluation.splits import split_of
 from marrowdx.imaging.crops import frame_dataset_crop, resize_crop
-from PIL import Image
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("MARROWDX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"

@@ -20,12 +20,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from marrowdx.domain.taxonomy import default_taxonomy
+from PIL import Image
 
+from marrowdx.domain.taxonomy import default_taxonomy
+from marrowdx.imaging.crops import resize_crop
+from marrowdx.imaging.letterbox import letterbox
+from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT, index_crops
-from training.models import CellClassifier, CellDetector
+from training.models import CellClassifier, CellDetector, DihedralAverage
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 CLASSIFIER_CROP = 96
 DETECTOR_INPUT = 320
 MODEL_PY = '''"""Triton Python-backend entry point; the implementation lives in marrowdx.
@@ -76,7 +81,8 @@ def write_config(path: Path, name: str, header: str, io: str, max_batch: int, qu
 
 
 def export_model(model: torch.nn.Module, name: str, example: torch.Tensor, inputs: list[str], outputs: list[str],
-                 io: str, max_batch: int, queue_us: int, params: dict[str, str], repo: Path) -> None:
+                 io: str, max_batch: int, queue_us: int, params: dict[str, str], repo: Path,
+                 cpu_instances: int = 1) -> None:
     version_dir = repo / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -86,7 +92,8 @@ def export_model(model: torch.nn.Module, name: str, example: torch.Tensor, input
         scripted = torch.jit.trace(model, example)
     (version_dir / "model.py").write_text(MODEL_PY)
     cpu_params = {**params, "onnx_file": "model.onnx", "intra_op_threads": "1"}
-    write_config(repo / name / "config.pbtxt", name, 'backend: "python"\n', io, max_batch, queue_us, cpu_params)
+    cpu_header = f'backend: "python"\ninstance_group [ {{ kind: KIND_CPU count: {cpu_instances} }} ]\n'
+    write_config(repo / name / "config.pbtxt", name, cpu_header, io, max_batch, queue_us, cpu_params)
     lib_dir = repo / "variants" / "gpu-libtorch" / name
     (lib_dir / "1").mkdir(parents=True, exist_ok=True)
     scripted.save(str(lib_dir / "1" / "model.pt"))
@@ -127,6 +134,52 @@ def detection_difference(eager, other, score_floor: float = 0.3) -> float:
     return worst
 
 
+def refit_temperature(model: DihedralAverage, data: Path, taxonomy) -> None:
+    """Averaging 8 views makes probabilities under-confident: refit the temperature of
+    the averaged output on the val split (never on test), as training did for one view."""
+    from training.train_classifier import load_split, set_nll, target_mask
+
+    items, crops = load_split(data, taxonomy, "val")
+    mask = target_mask(items, taxonomy)
+    inner = model.classifier
+    with torch.no_grad():
+        views = []
+        for start in range(0, len(crops), 256):
+            batch = resize_nhwc(crops[start : start + 256], CLASSIFIER_CROP).round().to(torch.uint8)
+            flips = [batch, torch.flip(batch, dims=(2,)), torch.flip(batch, dims=(1,)), torch.flip(batch, dims=(1, 2))]
+            views.append(torch.stack([inner.logits(v) for v in flips + [f.transpose(1, 2) for f in flips]]))
+        logits = torch.cat(views, dim=1)  # 8 x N x C
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        probs = torch.softmax(logits / log_t.exp(), dim=2).mean(0)
+        loss = set_nll(probs.clamp_min(1e-12).log(), mask)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    inner.temperature.fill_(float(log_t.exp()))
+    model.temperature.fill_(float(log_t.exp()))
+    print(f"temperature refitted for the 8-view average on val: {float(log_t.exp()):.4f}")
+
+
+def sample_crops(n: int = 8) -> np.ndarray:
+    """Real crops for the equality check (random noise has nothing to detect or name)."""
+    files = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))[:: 40][:n]
+    if not files:
+        return np.random.default_rng(0).integers(0, 256, (4, CLASSIFIER_CROP, CLASSIFIER_CROP, 3), dtype=np.uint8)
+    return np.stack([resize_crop(Image.open(f).convert("RGB"), CLASSIFIER_CROP) for f in files])
+
+
+def sample_fields() -> np.ndarray:
+    files = sorted((SAMPLES / "fields" / "images").glob("*.jpg"))
+    if not files:
+        return np.random.default_rng(0).integers(0, 256, (2, DETECTOR_INPUT, DETECTOR_INPUT, 3), dtype=np.uint8)
+    return np.stack([letterbox(Image.open(f).convert("RGB"), DETECTOR_INPUT)[0] for f in files])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classifier", type=Path, required=True)
@@ -136,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--example-crops", type=Path, help=".npy of real crops (N x 96 x 96 x 3) for the equality check")
     p.add_argument("--example-fields", type=Path, help=".npy of real letterboxed fields (N x 320 x 320 x 3)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="to list the classes with real training data")
+    p.add_argument("--tta", action="store_true", help="average the 8 dihedral views of each crop inside the graph")
+    p.add_argument("--detector-instances", type=int, default=2, help="CPU model instances (see docs/performance.md)")
+    p.add_argument("--classifier-instances", type=int, default=1)
+    p.add_argument("--queue-us", type=int, default=2000, help="dynamic batching max queue delay")
     args = p.parse_args(argv)
     taxonomy = default_taxonomy()
     torch.manual_seed(0)
@@ -143,25 +200,31 @@ def main(argv: list[str] | None = None) -> None:
     classifier = CellClassifier(len(taxonomy.codes))
     classifier.load_state_dict(torch.load(args.classifier, map_location="cpu"))
     classifier.eval()
+    if args.tta:
+        classifier = DihedralAverage(classifier).eval()
+        refit_temperature(classifier, args.data, taxonomy)
     detector = CellDetector(len(taxonomy.detector_categories))
     detector.load_state_dict(torch.load(args.detector, map_location="cpu"))
     detector.eval()
 
-    crops = torch.from_numpy(np.load(args.example_crops)) if args.example_crops else torch.randint(0, 256, (4, CLASSIFIER_CROP, CLASSIFIER_CROP, 3), dtype=torch.uint8)
-    fields = torch.from_numpy(np.load(args.example_fields)) if args.example_fields else torch.randint(0, 256, (2, DETECTOR_INPUT, DETECTOR_INPUT, 3), dtype=torch.uint8)
+    crops = torch.from_numpy(np.load(args.example_crops) if args.example_crops else sample_crops())
+    fields = torch.from_numpy(np.load(args.example_fields) if args.example_fields else sample_fields())
     common = {"weights_version": args.version, "taxonomy_version": taxonomy.version}
     trained = sorted({code for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
                       if (args.data / folder).is_dir()
                       for item in index_crops(args.data / folder, dataset, taxonomy) if item.split == "train"
                       for code in item.targets})
-    export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes)), 256, 2000,
+    export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes)), 256, args.queue_us,
                  {**common, "crop_size": str(CLASSIFIER_CROP), "temperature": f"{float(classifier.temperature):.4f}",
+                  "test_time_augmentation": "dihedral8" if args.tta else "none",
                   "classes": ",".join(taxonomy.codes),
-                  "trained_classes": ",".join(c for c in taxonomy.codes if c in trained)}, args.repo)
+                  "trained_classes": ",".join(c for c in taxonomy.codes if c in trained)}, args.repo,
+                 cpu_instances=args.classifier_instances)
     export_model(detector, "detector", fields, ["IMAGE"], ["BOXES", "SCORES", "CATEGORIES", "COUNT"],
-                 detector_io(detector.top_k), 16, 2000,
+                 detector_io(detector.top_k), 16, args.queue_us,
                  {**common, "input_size": str(DETECTOR_INPUT), "top_k": str(detector.top_k),
-                  "categories": ",".join(taxonomy.detector_categories)}, args.repo)
+                  "categories": ",".join(taxonomy.detector_categories)}, args.repo,
+                 cpu_instances=args.detector_instances)
     report = {"classifier": check_equal(classifier, "classifier", crops, args.repo),
               "detector": check_equal(detector, "detector", fields, args.repo)}
     print(json.dumps(report, indent=2))

@@ -3,7 +3,7 @@
     python -m training.make_samples
 
 - samples/demo-case/crops/: a bone-marrow case of Matek crops with a known
-  composition (about 31% blasts), resized to the classifier's 96 px input;
+  composition (110 blasts among 380 cells, 29%), resized to the classifier's 96 px input;
 - samples/fields/: three TXL-PBC validation fields with their YOLO labels.
 Deterministic: the same files every time. Licences: see samples/ATTRIBUTION.md.
 """
@@ -13,13 +13,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from marrowdx.evaluation.splits import split_of
 from PIL import Image
 
+from marrowdx.evaluation.splits import split_of
 from training.data import DEFAULT_DATA_ROOT
 
 OUT = Path(__file__).resolve().parents[1] / "samples"
-DEMO_COMPOSITION = {"BLA": 100, "LYT": 60, "NGS": 60, "MON": 40, "EOS": 30, "PMO": 30}
+DEMO_COMPOSITION = {"BLA": 110, "LYT": 75, "NGS": 70, "MON": 55, "EOS": 40, "PMO": 30}
 CROP_SIDE = 96
 N_FIELDS = 3
 

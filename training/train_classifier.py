@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
-from marrowdx.evaluation.metrics import classification_report
 from tqdm import tqdm
 
+from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
+from marrowdx.evaluation.metrics import classification_report
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
 from training.data import DEFAULT_DATA_ROOT, CropItem, index_crops, load_crop_cache
 from training.models import CellClassifier

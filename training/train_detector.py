@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
 from marrowdx.domain.cells import Thresholds, suppress_duplicates
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.evaluation.detection import CategoryTally
 from marrowdx.imaging.letterbox import letterbox
-from PIL import Image
-from tqdm import tqdm
-
 from training.augment import random_blur, stain_jitter
 from training.data import CACHE_DIR, DEFAULT_DATA_ROOT, index_crops, index_yolo_fields, load_crop_cache
 from training.models import CellDetector

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from marrowdx import logging as mlog
 from marrowdx.client import Client
 from marrowdx.embedded import embedded_stack

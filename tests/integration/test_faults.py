@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client, image_message
 from marrowdx.embedded import embedded_stack

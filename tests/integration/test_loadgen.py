@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from marrowdx.loadgen import LoadConfig, load_images, run_load
 
 pytestmark = pytest.mark.integration

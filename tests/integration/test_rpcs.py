@@ -14,11 +14,12 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from PIL import Image
+
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import image_message
 from marrowdx.evaluation.detection import iou_matrix
 from marrowdx.evaluation.fields import read_boxes
-from PIL import Image
 
 pytestmark = pytest.mark.integration
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -115,7 +116,7 @@ def test_same_request_id_returns_the_same_report(client):
 def test_demo_case_from_real_crops_is_positive_for_acute_leukemia(client):
     report = client.diagnose(case(), crops=crops(len(CROPS)))
     finding = {f.code: f for f in report.findings}["acute_leukemia"]
-    # 100 blasts among 320 cells (31%): the interval must clear 20%.
+    # 110 blasts among 380 cells (29%): the interval must clear 20%.
     assert report.cells_counted >= 300
     assert finding.status == pb.FINDING_STATUS_POSITIVE, finding.explanation
     assert finding.ci_low_percent >= 20.0

@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from marrowdx.domain.counting import cells_to_decide, differential, wilson_interval
 from marrowdx.domain.taxonomy import default_taxonomy
 

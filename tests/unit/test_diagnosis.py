@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from marrowdx.domain.counting import differential
 from marrowdx.domain.diagnosis import Status, conclusion, diagnose, load_rules
 from marrowdx.domain.taxonomy import default_taxonomy

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import ImageError, Limits, decode_rgb
 from marrowdx.imaging.letterbox import letterbox
-from PIL import Image
 
 LIMITS = Limits(max_bytes=5_000_000, max_pixels=4_000_000, min_side=16)
 

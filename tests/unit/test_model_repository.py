@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from marrowdx.domain.taxonomy import default_taxonomy
 from tritonclient.grpc import model_config_pb2
+
+from marrowdx.domain.taxonomy import default_taxonomy
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 CONFIGS = sorted(REPO.rglob("config.pbtxt"))

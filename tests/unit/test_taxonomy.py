@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from marrowdx.domain.taxonomy import default_taxonomy, load_taxonomy
 
 TAX = default_taxonomy()
