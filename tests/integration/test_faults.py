@@ -78,3 +78,36 @@ def test_metrics_endpoint_counts_rpcs_by_method_and_code(fresh_settings):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'marrowdx_rpcs_total{code="OK",method="ClassifyCells"}' in text
     assert 'marrowdx_rpcs_total{code="NOT_FOUND",method="GetReport"}' in text
+
+
+def test_over_the_in_flight_limit_is_resource_exhausted_with_retry_info(fresh_settings):
+    import asyncio
+
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+
+    crops = [pb.Image(data=p.read_bytes()) for p in CROPS[:64]]
+
+    async def burst(address):
+        async with grpc.aio.insecure_channel(address) as ch:
+            stub = pb_grpc.DiagnosisServiceStub(ch)
+            calls = [stub.ClassifyCells(pb.ClassifyCellsRequest(crops=crops), timeout=60) for _ in range(8)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    with embedded_stack(fresh_settings.replace(max_in_flight=1)) as stack:
+        results = asyncio.run(burst(stack.address))
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+        assert any(not isinstance(r, Exception) for r in results)
+        status = rpc_status.from_call(refused[0])
+        assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        with Client(stack.address) as client:  # and it keeps serving
+            assert len(client.classify([image_message(CROPS[0])]).cells) == 1
+
+
+def test_a_passed_deadline_is_deadline_exceeded(stack):
+    with Client(stack.address, timeout_s=0.001) as client, pytest.raises(grpc.RpcError) as info:
+        client.classify([image_message(p) for p in CROPS[:64]])
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
