@@ -147,24 +147,22 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
     return asyncio.run(run())
 
 
-def peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, key: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM:")
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _status_mb(pid, "VmRSS:")
 
 
 def children(pid: int) -> list[int]:

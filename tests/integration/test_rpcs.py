@@ -18,7 +18,7 @@ from PIL import Image
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import image_message
-from marrowdx.evaluation.detection import iou_matrix
+from marrowdx.domain.cells import iou_matrix
 from marrowdx.evaluation.fields import read_boxes
 
 pytestmark = pytest.mark.integration

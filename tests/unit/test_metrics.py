@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from marrowdx.evaluation.detection import CategoryTally, iou_matrix
+from marrowdx.domain.cells import iou_matrix
+from marrowdx.evaluation.detection import CategoryTally
 from marrowdx.evaluation.metrics import average_precision, classification_report
 
 

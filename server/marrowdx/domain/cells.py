@@ -58,14 +58,18 @@ class CellCall:
         return self.exclusion is Exclusion.NONE
 
 
-def _iou(boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union of two K x 4 box arrays (x0, y0, x1, y1)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
     inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def suppress_duplicates(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -75,7 +79,7 @@ def suppress_duplicates(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
-    iou = _iou(boxes[order])
+    iou = iou_matrix(boxes[order], boxes[order])
     keep: list[int] = []
     for rank in range(len(order)):
         if all(iou[rank, k] <= iou_threshold for k in keep):
@@ -94,7 +98,7 @@ def geometric_exclusions(boxes: np.ndarray, nucleated: np.ndarray, width: int, h
         if x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m:
             out[i] = Exclusion.CUT_BY_EDGE
     if len(idx) > 1:
-        iou = _iou(boxes[idx])
+        iou = iou_matrix(boxes[idx], boxes[idx])
         np.fill_diagonal(iou, 0)
         for row, i in enumerate(idx):
             if out[i] is Exclusion.NONE and iou[row].max() > thresholds.overlap_iou:
