@@ -1,9 +1,10 @@
-"""Build ``samples/`` (committed, < 2 MB) from ../shared/data's *test* split.
+"""Build ``samples/`` (committed, < 2 MB) from ../shared/data's held-out splits.
 
     python -m training.make_samples
 
-- samples/demo-case/crops/: a bone-marrow case of Matek crops with a known
-  composition (110 blasts among 380 cells, 29%), resized to the classifier's 96 px input;
+- samples/demo-case/crops/: a bone-marrow case of Matek crops never used for
+  training (val and test splits) with a known composition (160 blasts among
+  400 cells, 40%), resized to the classifier's 96 px input;
 - samples/fields/: three TXL-PBC validation fields with their YOLO labels.
 Deterministic: the same files every time. Licences: see samples/ATTRIBUTION.md.
 """
@@ -19,7 +20,7 @@ from marrowdx.evaluation.splits import split_of
 from training.data import DEFAULT_DATA_ROOT
 
 OUT = Path(__file__).resolve().parents[1] / "samples"
-DEMO_COMPOSITION = {"BLA": 110, "LYT": 75, "NGS": 70, "MON": 55, "EOS": 40, "PMO": 30}
+DEMO_COMPOSITION = {"BLA": 160, "LYT": 70, "NGS": 60, "MON": 50, "EOS": 35, "PMO": 25}
 CROP_SIDE = 96
 N_FIELDS = 3
 
@@ -31,9 +32,9 @@ def main() -> None:
     manifest = ["file,matek_label"]
     for folder, n in DEMO_COMPOSITION.items():
         files = [p for p in sorted((DEFAULT_DATA_ROOT / "matek_bm" / folder).iterdir())
-                 if split_of(f"{folder}/{p.name}") == "test"][:n]
+                 if split_of(f"{folder}/{p.name}") in ("val", "test")][:n]
         if len(files) < n:
-            raise SystemExit(f"only {len(files)} test crops in {folder}")
+            raise SystemExit(f"only {len(files)} held-out crops in {folder}")
         for p in files:
             with Image.open(p) as im:
                 im.convert("RGB").resize((CROP_SIDE, CROP_SIDE), Image.LANCZOS).save(crops_dir / p.name, quality=90)

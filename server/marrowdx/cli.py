@@ -132,13 +132,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.kind == "crops":
             from marrowdx.evaluation.crops import evaluate_crops, plot_curves
 
-            result, curves = evaluate_crops(client, Path(args.dir), args.labels, args.split)
+            result, curves = evaluate_crops(client, Path(args.dir), args.labels, args.split, progress=sys.stderr.isatty())
             if args.pr_png:
                 plot_curves(curves, Path(args.pr_png), f"{args.labels} ({result['split']}): PR per class")
         else:
             from marrowdx.evaluation.fields import evaluate_fields
 
-            result = evaluate_fields(client, Path(args.dir), args.format)
+            result = evaluate_fields(client, Path(args.dir), args.format, progress=sys.stderr.isatty())
         result["models"] = json_format.MessageToDict(client.model_info().models)
     result["note"] = "Research use only; metrics on the split named above."
     text = json.dumps(result, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -58,22 +59,28 @@ class Client:
         return self.stub.DiagnoseCase(request, timeout=self.timeout_s).report
 
     def diagnose_stream(self, info: pb.CaseInfo, images: Iterable[pb.Image], as_crops: bool,
-                        stop_at_target: bool = True) -> Iterator[pb.DiagnoseCaseStreamResponse]:
-        """Send images one at a time; stop sending once the server says the target is reached."""
-        reached = {"value": False}
+                        stop_at_target: bool = True, window: int = 2) -> Iterator[pb.DiagnoseCaseStreamResponse]:
+        """Send images one at a time, at most ``window`` ahead of the server's answers, and
+        stop sending once it says the target count is reached."""
+        reached = threading.Event()
+        answered = threading.Semaphore(window)
 
         def requests() -> Iterator[pb.DiagnoseCaseStreamRequest]:
             yield pb.DiagnoseCaseStreamRequest(start=info)
             for image in images:
-                if stop_at_target and reached["value"]:
+                # grpc drains this generator on its own thread: without the window it
+                # would send every image before the first answer came back.
+                answered.acquire()
+                if stop_at_target and reached.is_set():
                     break
                 yield pb.DiagnoseCaseStreamRequest(crop=image) if as_crops else pb.DiagnoseCaseStreamRequest(field=image)
             yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())
 
-        # Requests are pulled lazily by grpc, so the flag set below is seen before the next image.
         for response in self.stub.DiagnoseCaseStream(requests(), timeout=self.timeout_s):
-            if response.HasField("progress") and response.progress.target_reached:
-                reached["value"] = True
+            if response.HasField("progress"):
+                if response.progress.target_reached:
+                    reached.set()
+                answered.release()
             yield response
 
     def report(self, report_id: str = "", accession_id: str = "") -> pb.CaseReport:

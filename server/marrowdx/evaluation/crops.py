@@ -29,7 +29,7 @@ def framed_png(path: Path, dataset: str) -> bytes:
 
 
 def evaluate_crops(client: Client, root: Path, dataset: str, split: str | None = None,
-                   progress: bool = True) -> tuple[dict, dict]:
+                   progress: bool = False) -> tuple[dict, dict]:
     """Returns (report dict, curves for plotting). ``split`` keeps only files in that split."""
     taxonomy = default_taxonomy()
     from_split = None

@@ -54,19 +54,23 @@ def locate(root: Path, fmt: str) -> tuple[Path, Path]:
     return root, root
 
 
-def evaluate_fields(client: Client, root: Path, fmt: str, progress: bool = True) -> dict:
+def evaluate_fields(client: Client, root: Path, fmt: str, progress: bool = False) -> dict:
     image_dir, label_dir = locate(root, fmt)
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    tallies = {name: CategoryTally() for name in REPORT_NAMES}
+    # Recall and precision at the service's own score threshold (what a user gets).
+    threshold = client.model_info().thresholds.detection_score
+    tallies = {name: CategoryTally(score_threshold=threshold) for name in REPORT_NAMES}
     excluded_by_rule = 0
     for path in tqdm(images, desc="eval fields", disable=not progress, unit="field"):
         gt_boxes, gt_names = read_boxes(path, label_dir, fmt)
         response = client.analyze(image_message(path))
         for category, tally in tallies.items():
             cells = [c for c in response.cells if c.detector_category == category]
-            pred = np.asarray([[c.box.x_min, c.box.y_min, c.box.x_max, c.box.y_max] for c in cells], np.float32).reshape(-1, 4)
-            tally.add(pred, np.asarray([c.detection_score for c in cells], np.float32),
-                      gt_boxes[[n == category for n in gt_names]])
+            pred = np.asarray([[c.box.x_min, c.box.y_min, c.box.x_max, c.box.y_max] for c in cells],
+                              np.float32).reshape(-1, 4)
+            scores = np.asarray([c.detection_score for c in cells], np.float32)
+            truth = gt_boxes[[n == category for n in gt_names]]
+            tally.add(pred, scores, truth)
         excluded_by_rule += sum(1 for c in response.cells if c.detector_category == "nucleated" and not c.countable)
     result = {"n_images": len(images), "iou_threshold": 0.5, "format": fmt,
               "nucleated_excluded_by_rules": excluded_by_rule}
