@@ -18,3 +18,4 @@ data=../shared/data
 .venv/bin/marrowdx --log-level warning eval fields $data/txl_pbc/images/val --format yolo --json docs/metrics/txl_val.json
 cp "$cls/metrics.jsonl" docs/metrics/classifier_training_log.jsonl
 cp "$det/metrics.jsonl" docs/metrics/detector_training_log.jsonl
+$py -m training.model_card_metrics

@@ -49,7 +49,7 @@ def evaluate_crops(client: Client, root: Path, dataset: str, split: str | None =
             true.append(folder)
             top = call.top_k[0].cell_class
             pred.append(taxonomy.dataset_label_of(dataset, top))
-            accepted.append(call.countable or call.exclusion_reason == pb.EXCLUSION_REASON_NOT_IDENTIFIABLE)
+            accepted.append(call.exclusion_reason != pb.EXCLUSION_REASON_LOW_CONFIDENCE)
             mass = {f: 0.0 for f in folders}
             for cp in call.top_k:
                 label = taxonomy.dataset_label_of(dataset, cp.cell_class)
