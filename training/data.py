@@ -5,6 +5,7 @@ The split itself lives in marrowdx.evaluation.splits, shared with evaluation.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from dataclasses import dataclass
@@ -92,3 +93,17 @@ def index_yolo_fields(root: Path, split: str) -> list[FieldItem]:
         boxes, classes = read_yolo_labels(root / "labels" / split / f"{path.stem}.txt", w, h)
         items.append(FieldItem(path, boxes, classes))
     return items
+
+
+def training_arguments(parser: argparse.ArgumentParser, out: str, epochs: int, batch: int, lr: float) -> None:
+    """The flags both training commands share."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many items per dataset and split")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--quiet", action="store_true")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
 from marrowdx.evaluation.metrics import classification_report
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
-from training.data import DEFAULT_DATA_ROOT, CropItem, index_crops, load_crop_cache
+from training.data import CropItem, index_crops, load_crop_cache, training_arguments
 from training.models import CellClassifier
 
 CROP_SIZE = 96
@@ -160,18 +160,9 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--out", default="training/runs/classifier")
-    p.add_argument("--epochs", type=int, default=18)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many crops per dataset and split")
+    training_arguments(p, out="training/runs/classifier", epochs=18, batch=64, lr=4e-3)
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: matek,pbc")
     p.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=4e-3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=20261127)
-    p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
 

@@ -23,7 +23,7 @@ from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.evaluation.detection import CategoryTally
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import random_blur, stain_jitter
-from training.data import CACHE_DIR, DEFAULT_DATA_ROOT, index_crops, index_yolo_fields, load_crop_cache
+from training.data import CACHE_DIR, index_crops, index_yolo_fields, load_crop_cache, training_arguments
 from training.models import CellDetector
 from training.synthetic import compose
 
@@ -205,17 +205,8 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--out", default="training/runs/detector")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="at most this many fields per split")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--p-synthetic", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=20261127)
-    p.add_argument("--quiet", action="store_true")
+    training_arguments(p, out="training/runs/detector", epochs=20, batch=8, lr=3e-3)
+    p.add_argument("--p-synthetic", type=float, default=0.5, help="share of fields made crowded with pasted crops")
     return p.parse_args(argv)
 
 

@@ -87,25 +87,38 @@ async def start_runtime(settings: Settings) -> Runtime:
 
 
 async def watch_health(runtime: Runtime, health_servicer: health.aio.HealthServicer, period_s: float = 1.0) -> None:
-    """Health follows model readiness; a managed Triton that died is restarted."""
+    """Health follows model readiness; a managed Triton that died is restarted.
+    A failing iteration is logged and the watch goes on: a dead watchdog would freeze health."""
     serving = None
     while True:
-        ready = await runtime.models.ready()
-        if ready != serving:
-            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, status)
-            log.info("health.changed", serving=ready)
-            serving = ready
-        if runtime.triton is not None and not runtime.triton.alive():
-            log.warning("triton.died", returncode=runtime.triton.process.returncode)
-            try:
-                port = runtime.triton.grpc_port
-                runtime.triton = await asyncio.to_thread(start_triton, runtime.settings.model_repository,
-                                                         runtime.settings.state_dir, port)
-            except Exception as exc:
-                log.error("triton.restart_failed", error=str(exc))
+        try:
+            serving = await _health_step(runtime, health_servicer, serving)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("health.watch_failed")
         await asyncio.sleep(period_s)
+
+
+async def _health_step(runtime: Runtime, health_servicer: health.aio.HealthServicer, serving: bool | None) -> bool:
+    ready = await runtime.models.ready()
+    if ready != serving:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+        log.info("health.changed", serving=ready)
+    if runtime.triton is not None and not runtime.triton.alive():
+        log.warning("triton.died", returncode=runtime.triton.process.returncode)
+        if ready:  # the port still answered a moment ago: say NOT_SERVING before the restart
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            ready = False
+        try:
+            runtime.triton = await asyncio.to_thread(start_triton, runtime.settings.model_repository,
+                                                     runtime.settings.state_dir, runtime.triton.grpc_port)
+        except Exception as exc:
+            log.error("triton.restart_failed", error=str(exc))
+    return ready
 
 
 def create_server(settings: Settings, runtime: Runtime) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:

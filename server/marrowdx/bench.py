@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from marrowdx.client import Client, list_images
+from marrowdx.client import Client, image_message, list_images
 from marrowdx.domain.cells import Exclusion, Thresholds, geometric_exclusions, suppress_duplicates
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import Limits, decode_rgb
@@ -253,7 +253,7 @@ def run_bench(images_paths: list[Path], quick: bool, soak_s: float, settings: Se
                            "errors": load["errors"]})
         result["service_sweep"] = points
         with Client(address) as client:
-            timings = [client.analyze(__import__("marrowdx.client", fromlist=["x"]).image_message(p)).timings
+            timings = [client.analyze(image_message(p)).timings
                        for p in images_paths[: min(len(images_paths), 10)]]
         result["field_time_ms"] = {k: float(np.mean([getattr(t, k) for t in timings]))
                                    for k in ("decode_ms", "detect_ms", "classify_ms", "total_ms")}

@@ -7,6 +7,7 @@ the pipeline, the domain rules and the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -97,7 +98,7 @@ class MarrowService:
         timings = {"decode_ms": times.decode_ms + times.crop_ms, "detect_ms": times.detect_ms,
                    "classify_ms": times.classify_ms, "count_ms": (time.perf_counter() - t) * 1000.0,
                    "total_ms": (time.perf_counter() - session.started) * 1000.0}
-        return CaseReport(**{**report.__dict__, "timings_ms": timings})
+        return dataclasses.replace(report, timings_ms=timings)
 
     async def save(self, report: CaseReport, payload: bytes) -> StoredReport:
         """Commit before the caller acknowledges; an earlier report with the same request id wins."""

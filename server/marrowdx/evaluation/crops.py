@@ -14,6 +14,7 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import IMAGE_SUFFIXES, Client
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.evaluation.metrics import average_precision, classification_report
+from marrowdx.evaluation.splits import split_of
 from marrowdx.imaging.crops import frame_dataset_crop
 
 BATCH = 64
@@ -32,13 +33,9 @@ def evaluate_crops(client: Client, root: Path, dataset: str, split: str | None =
                    progress: bool = False) -> tuple[dict, dict]:
     """Returns (report dict, curves for plotting). ``split`` keeps only files in that split."""
     taxonomy = default_taxonomy()
-    from_split = None
-    if split:
-        from marrowdx.evaluation.splits import split_of
-        from_split = split_of
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     files = [(f, p) for f in folders for p in sorted((root / f).iterdir())
-             if p.suffix.lower() in IMAGE_SUFFIXES and (from_split is None or from_split(f"{f}/{p.name}") == split)]
+             if p.suffix.lower() in IMAGE_SUFFIXES and (split is None or split_of(f"{f}/{p.name}") == split)]
     true, pred, accepted = [], [], []
     scores = {f: [] for f in folders}
     for start in tqdm(range(0, len(files), BATCH), desc=f"eval {dataset}", disable=not progress, unit="batch"):

@@ -3,6 +3,7 @@ translated here, once, into ModelUnavailable / ModelTimeout / ModelError."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,11 +77,14 @@ class TritonModels:
         await self._client.close()
 
     async def ready(self) -> bool:
+        """Both models ready. Any failure to ask (refused, reset, timed out) means not ready."""
         try:
             return bool(await self._client.is_server_ready(client_timeout=2.0)
                         and await self._client.is_model_ready(DETECTOR, client_timeout=2.0)
                         and await self._client.is_model_ready(CLASSIFIER, client_timeout=2.0))
-        except InferenceServerException:
+        except asyncio.CancelledError:
+            raise
+        except Exception:
             return False
 
     async def load_contract(self, taxonomy_version: str, taxonomy_codes: tuple[str, ...],
