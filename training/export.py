@@ -27,7 +27,7 @@ from marrowdx.imaging.crops import resize_crop
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT, index_crops
-from training.models import CellClassifier, CellDetector, DihedralAverage
+from training.models import CellClassifier, CellDetector, DihedralAverage, dihedral_views
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -137,32 +137,17 @@ def detection_difference(eager, other, score_floor: float = 0.3) -> float:
 def refit_temperature(model: DihedralAverage, data: Path, taxonomy) -> None:
     """Averaging 8 views makes probabilities under-confident: refit the temperature of
     the averaged output on the val split (never on test), as training did for one view."""
-    from training.train_classifier import load_split, set_nll, target_mask
+    from training.train_classifier import fit_temperature, load_split, target_mask
 
     items, crops = load_split(data, taxonomy, "val")
-    mask = target_mask(items, taxonomy)
     inner = model.classifier
     with torch.no_grad():
-        views = []
-        for start in range(0, len(crops), 256):
-            batch = resize_nhwc(crops[start : start + 256], CLASSIFIER_CROP).round().to(torch.uint8)
-            flips = [batch, torch.flip(batch, dims=(2,)), torch.flip(batch, dims=(1,)), torch.flip(batch, dims=(1, 2))]
-            views.append(torch.stack([inner.logits(v) for v in flips + [f.transpose(1, 2) for f in flips]]))
-        logits = torch.cat(views, dim=1)  # 8 x N x C
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure():
-        opt.zero_grad()
-        probs = torch.softmax(logits / log_t.exp(), dim=2).mean(0)
-        loss = set_nll(probs.clamp_min(1e-12).log(), mask)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    inner.temperature.fill_(float(log_t.exp()))
-    model.temperature.fill_(float(log_t.exp()))
-    print(f"temperature refitted for the 8-view average on val: {float(log_t.exp()):.4f}")
+        batches = [resize_nhwc(crops[i : i + 256], CLASSIFIER_CROP).round().to(torch.uint8)
+                   for i in range(0, len(crops), 256)]
+        logits = torch.cat([torch.stack([inner.logits(v) for v in dihedral_views(b)]) for b in batches], dim=1)
+    temperature = fit_temperature(logits, target_mask(items, taxonomy))
+    inner.temperature.fill_(temperature)
+    print(f"temperature refitted for the 8-view average on val: {temperature:.4f}")
 
 
 def sample_crops(n: int = 8) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -76,12 +77,17 @@ def dataset_reports(items: list[CropItem], logits: torch.Tensor, taxonomy: Taxon
 
 
 def fit_temperature(logits: torch.Tensor, mask: torch.Tensor) -> float:
+    """Temperature minimising the set NLL on held-out logits: N x C for one view, or
+    V x N x C for views whose probabilities are averaged (the exported 8-view model)."""
+    views = logits if logits.dim() == 3 else logits.unsqueeze(0)
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
 
     def closure():
         opt.zero_grad()
-        loss = set_nll(logits / log_t.exp(), mask)
+        # log of the mean probability over views; for one view exactly log_softmax.
+        log_p = torch.logsumexp(F.log_softmax(views / log_t.exp(), dim=2), dim=0) - math.log(views.shape[0])
+        loss = set_nll(log_p, mask)
         loss.backward()
         return loss
 
