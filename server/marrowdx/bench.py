@@ -31,7 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 from marrowdx.client import Client, image_message, list_images
-from marrowdx.domain.cells import Exclusion, Thresholds, geometric_exclusions, suppress_duplicates
+from marrowdx.domain.cells import Exclusion, Thresholds, geometric_exclusions, kept_detections
+from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import Limits, decode_rgb
 from marrowdx.imaging.letterbox import letterbox
@@ -39,6 +40,20 @@ from marrowdx.loadgen import LoadConfig, run_load
 from marrowdx.settings import PROJECT_ROOT, Settings
 
 DETECTOR_INPUT, CROP = 320, 96
+
+
+NUCLEATED = default_taxonomy().detector_categories.index("nucleated")
+
+
+def cells_to_classify(rgb, frame, boxes: np.ndarray, scores: np.ndarray, categories: np.ndarray,
+                      thresholds: Thresholds) -> np.ndarray:
+    """Boxes (original pixels) of the countable nucleated cells: the service's own selection,
+    so every path of the benchmark classifies the same cells."""
+    keep = kept_detections(boxes, scores, thresholds)
+    original = frame.to_original(boxes[keep])
+    nucleated = categories[keep] == NUCLEATED
+    exclusions = geometric_exclusions(original, nucleated, rgb.width, rgb.height, thresholds)
+    return original[[i for i in range(len(original)) if nucleated[i] and exclusions[i] is Exclusion.NONE]]
 
 
 class InProcessModels:
@@ -60,14 +75,9 @@ class InProcessModels:
         t = time.perf_counter()
         boxes, scores, cats = self.detector.run(["BOXES", "SCORES", "CATEGORIES"], {"IMAGE": framed[None]})
         model_s = time.perf_counter() - t
-        keep = np.flatnonzero(scores[0] >= self.thresholds.detection_score)
-        keep = keep[suppress_duplicates(boxes[0][keep], scores[0][keep], self.thresholds.duplicate_iou)]
-        b = frame.to_original(boxes[0][keep])
-        nucleated = cats[0][keep] == 0
-        excl = geometric_exclusions(b, nucleated, rgb.width, rgb.height, self.thresholds)
-        chosen = [i for i in range(len(b)) if nucleated[i] and excl[i] is Exclusion.NONE]
-        if chosen:
-            crops = np.stack([square_crop(rgb, b[i], CROP) for i in chosen])
+        chosen = cells_to_classify(rgb, frame, boxes[0], scores[0], cats[0], self.thresholds)
+        if len(chosen):
+            crops = np.stack([square_crop(rgb, b, CROP) for b in chosen])
             t = time.perf_counter()
             self.classifier.run(["PROBS"], {"CROPS": crops})
             model_s += time.perf_counter() - t
@@ -136,12 +146,9 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
             while time.perf_counter() < deadline:
                 rgb, framed, frame = prepared[i % len(prepared)]
                 boxes, scores, cats = await infer("detector", "IMAGE", framed[None], ["BOXES", "SCORES", "CATEGORIES"])
-                keep = np.flatnonzero(scores[0] >= local.thresholds.detection_score)
-                keep = keep[suppress_duplicates(boxes[0][keep], scores[0][keep], local.thresholds.duplicate_iou)]
-                b = frame.to_original(boxes[0][keep])
-                chosen = [k for k in range(len(b)) if cats[0][keep][k] == 0]
-                if chosen:
-                    crops = np.stack([square_crop(rgb, b[k], CROP) for k in chosen])
+                chosen = cells_to_classify(rgb, frame, boxes[0], scores[0], cats[0], local.thresholds)
+                if len(chosen):
+                    crops = np.stack([square_crop(rgb, b, CROP) for b in chosen])
                     await infer("classifier", "CROPS", crops, ["PROBS"])
                 done += 1
                 cells += len(chosen)

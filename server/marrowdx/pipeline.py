@@ -22,7 +22,7 @@ from marrowdx.domain.cells import (
     Thresholds,
     call_from_probabilities,
     geometric_exclusions,
-    suppress_duplicates,
+    kept_detections,
 )
 from marrowdx.domain.taxonomy import Taxonomy
 from marrowdx.imaging.crops import resize_crop, square_crop
@@ -89,8 +89,7 @@ class Pipeline:
         det = await self.models.detect(framed[None])
         times.detect_ms = _ms(t)
 
-        keep = np.flatnonzero(det.scores[0] >= self.thresholds.detection_score)
-        keep = keep[suppress_duplicates(det.boxes[0][keep], det.scores[0][keep], self.thresholds.duplicate_iou)]
+        keep = kept_detections(det.boxes[0], det.scores[0], self.thresholds)
         boxes = frame.to_original(det.boxes[0][keep])
         scores = det.scores[0][keep]
         names = [self.categories[int(c)] for c in det.categories[0][keep]]

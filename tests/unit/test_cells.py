@@ -9,6 +9,7 @@ from marrowdx.domain.cells import (
     Thresholds,
     call_from_probabilities,
     geometric_exclusions,
+    kept_detections,
     suppress_duplicates,
 )
 from marrowdx.domain.taxonomy import default_taxonomy
@@ -75,3 +76,9 @@ def test_touching_cells_are_not_duplicates():
     boxes = np.array([[100, 100, 160, 160], [140, 100, 200, 160]], np.float32)  # IoU 0.2
     assert sorted(suppress_duplicates(boxes, np.array([0.9, 0.8], np.float32), 0.5).tolist()) == [0, 1]
     assert suppress_duplicates(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
+
+
+def test_kept_detections_applies_the_score_then_drops_duplicates():
+    boxes = np.array([[100, 100, 160, 160], [104, 102, 162, 158], [200, 200, 240, 240], [10, 10, 30, 30]], np.float32)
+    scores = np.array([0.6, 0.9, 0.7, 0.1], np.float32)
+    assert kept_detections(boxes, scores, Thresholds(detection_score=0.25)).tolist() == [1, 2]

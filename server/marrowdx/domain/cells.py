@@ -87,6 +87,12 @@ def suppress_duplicates(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     return order[keep]
 
 
+def kept_detections(boxes: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """Indices of the detections that are objects: scoring at least the threshold, duplicates dropped."""
+    keep = np.flatnonzero(scores >= thresholds.detection_score)
+    return keep[suppress_duplicates(boxes[keep], scores[keep], thresholds.duplicate_iou)]
+
+
 def geometric_exclusions(boxes: np.ndarray, nucleated: np.ndarray, width: int, height: int,
                          thresholds: Thresholds) -> list[Exclusion]:
     """Edge and overlap exclusions for nucleated cells (others get NONE here)."""
