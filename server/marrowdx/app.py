@@ -86,6 +86,12 @@ async def start_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, models, service, store, triton, taxonomy.detector_categories)
 
 
+async def set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
+    """The overall status and the diagnosis service's move together."""
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
 async def watch_health(runtime: Runtime, health_servicer: health.aio.HealthServicer, period_s: float = 1.0) -> None:
     """Health follows model readiness; a managed Triton that died is restarted.
     A failing iteration is logged and the watch goes on: a dead watchdog would freeze health."""
@@ -104,14 +110,12 @@ async def _health_step(runtime: Runtime, health_servicer: health.aio.HealthServi
     ready = await runtime.models.ready()
     if ready != serving:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, status)
+        await set_health(health_servicer, status)
         log.info("health.changed", serving=ready)
     if runtime.triton is not None and not runtime.triton.alive():
         log.warning("triton.died", returncode=runtime.triton.process.returncode)
         if ready:  # the port still answered a moment ago: say NOT_SERVING before the restart
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
             ready = False
         try:
             runtime.triton = await asyncio.to_thread(start_triton, runtime.settings.model_repository,
@@ -157,8 +161,7 @@ async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, in
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.grace_seconds)
         await runtime.close()
         log.info("server.stopped")

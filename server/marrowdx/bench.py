@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import Limits, decode_rgb
 from marrowdx.imaging.letterbox import letterbox
+from marrowdx.inference.launcher import free_port
 from marrowdx.loadgen import LoadConfig, run_load
 from marrowdx.settings import PROJECT_ROOT, Settings
 
@@ -199,12 +199,6 @@ def descendants(pids: list[int]) -> list[int]:
         out.append(pid)
         todo += children(pid)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_service(settings: Settings, state_dir: Path) -> tuple[subprocess.Popen, str]:

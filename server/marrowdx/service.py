@@ -82,12 +82,8 @@ class MarrowService:
 
     def report(self, session: CaseSession) -> CaseReport:
         t = time.perf_counter()
-        thresholds = Thresholds(
-            detection_score=self.thresholds.detection_score, reject_probability=self.thresholds.reject_probability,
-            overlap_iou=self.thresholds.overlap_iou, edge_margin_px=self.thresholds.edge_margin_px,
-            duplicate_iou=self.thresholds.duplicate_iou,
-            minimum_count=self.rules.minimum_count, target_count=session.tally.target_count,
-        )
+        thresholds = dataclasses.replace(self.thresholds, minimum_count=self.rules.minimum_count,
+                                         target_count=session.tally.target_count)
         report = build_report(
             report_id=f"rpt_{uuid.uuid4().hex}",
             created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -65,12 +65,11 @@ def test_report_is_read_back_after_the_service_restarts(fresh_settings):
 
 
 def test_metrics_endpoint_counts_rpcs_by_method_and_code(fresh_settings):
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from marrowdx.inference.launcher import free_port
+
+    port = free_port()
     with embedded_stack(fresh_settings.replace(metrics_port=port)) as stack, Client(stack.address) as client:
         client.classify([image_message(CROPS[0])])
         with pytest.raises(grpc.RpcError):

@@ -57,17 +57,6 @@ def thresholds(t: Thresholds) -> pb.Thresholds:
                          duplicate_iou=t.duplicate_iou)
 
 
-def counts(calls: Iterable[CellCall]) -> tuple[dict[str, int], dict[str, int]]:
-    classes: dict[str, int] = {}
-    excluded: dict[str, int] = {}
-    for c in calls:
-        if c.countable:
-            classes[c.cell_class] = classes.get(c.cell_class, 0) + 1
-        else:
-            excluded[c.exclusion.value] = excluded.get(c.exclusion.value, 0) + 1
-    return classes, excluded
-
-
 def case_info_from_pb(msg: pb.CaseInfo) -> CaseInfo:
     return CaseInfo(case_id=msg.case_id, accession_id=msg.accession_id,
                     specimen_type=SPECIMEN_FROM_PB.get(msg.specimen_type, "unspecified"),

@@ -14,7 +14,7 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
 from marrowdx.api import convert
 from marrowdx.api.errors import NotFound, RequestError
 from marrowdx.api.observability import InFlightLimit, rpc
-from marrowdx.domain.report import DISCLAIMER
+from marrowdx.domain.report import DISCLAIMER, count_calls
 from marrowdx.pipeline import ImageInput
 from marrowdx.service import CaseSession, MarrowService
 from marrowdx.settings import Settings
@@ -58,7 +58,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             raise RequestError("image", "is required")
         image = _image(request.image, "image")
         result = await self.service.analyze_field(image, _top_k(request.top_k, self.settings.top_k))
-        classes, excluded = convert.counts(result.calls)
+        classes, excluded = count_calls(result.calls)
         t = result.times
         return pb.AnalyzeFieldResponse(
             cells=[convert.cell_call(c) for c in result.calls], class_counts=classes, excluded_counts=excluded,

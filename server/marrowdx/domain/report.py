@@ -32,6 +32,18 @@ class CaseInfo:
     request_id: str = ""
 
 
+def count_calls(calls: Iterable[CellCall]) -> tuple[Counter[str], Counter[str]]:
+    """(countable cells per class, excluded objects per reason)."""
+    classes: Counter[str] = Counter()
+    excluded: Counter[str] = Counter()
+    for call in calls:
+        if call.countable:
+            classes[call.cell_class] += 1
+        else:
+            excluded[call.exclusion.value] += 1
+    return classes, excluded
+
+
 @dataclass
 class CaseTally:
     """Cells of one case as they arrive, field by field."""
@@ -45,11 +57,11 @@ class CaseTally:
 
     @property
     def class_counts(self) -> Counter[str]:
-        return Counter(c.cell_class for c in self.calls if c.countable)
+        return count_calls(self.calls)[0]
 
     @property
     def excluded_counts(self) -> Counter[str]:
-        return Counter(c.exclusion.value for c in self.calls if not c.countable)
+        return count_calls(self.calls)[1]
 
     @property
     def cells_counted(self) -> int:

@@ -38,7 +38,8 @@ def _pytriton_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -106,7 +107,7 @@ def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, re
     """Start tritonserver on loopback and wait until both models are ready."""
     state_dir.mkdir(parents=True, exist_ok=True)
     binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
-    port = grpc_port or _free_port()
+    port = grpc_port or free_port()
     log_path = state_dir / "tritonserver.log"
     cmd = [
         str(binary),
