@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+from marrowdx.api.auth import Authenticator
 from marrowdx.api.servicer import DiagnosisServicer
 from marrowdx.domain.cells import Thresholds
 from marrowdx.domain.diagnosis import default_rules
@@ -25,8 +26,11 @@ from marrowdx.imaging.decode import Limits
 from marrowdx.inference.launcher import ManagedTriton, start_triton
 from marrowdx.inference.triton import ModelError, TritonModels
 from marrowdx.pipeline import Pipeline
+from marrowdx.security.access import ClientRegistry
+from marrowdx.security.policy import exposure_problems
 from marrowdx.service import MarrowService
 from marrowdx.settings import Settings
+from marrowdx.store.audit import AuditLog
 from marrowdx.store.sqlite import ReportStore
 
 log = structlog.get_logger(__name__)
@@ -39,6 +43,7 @@ class Runtime:
     models: TritonModels
     service: MarrowService
     store: ReportStore
+    audit: AuditLog
     triton: ManagedTriton | None
     detector_categories: tuple[str, ...]
 
@@ -47,6 +52,7 @@ class Runtime:
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
         self.store.close()
+        self.audit.close()
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -80,10 +86,11 @@ async def start_runtime(settings: Settings) -> Runtime:
         return ModelVersions(models.detector.version, models.classifier.version, taxonomy.version, rules.version)
 
     store = ReportStore(settings.database_path)
+    audit = AuditLog(settings.database_path)
     service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds)
     log.info("runtime.ready", triton=url, managed=triton is not None, detector=models.detector.version,
              classifier=models.classifier.version)
-    return Runtime(settings, models, service, store, triton, taxonomy.detector_categories)
+    return Runtime(settings, models, service, store, audit, triton, taxonomy.detector_categories)
 
 
 async def set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
@@ -125,28 +132,66 @@ async def _health_step(runtime: Runtime, health_servicer: health.aio.HealthServi
     return ready
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate and key are set; mutual TLS (client certificate required) with a client CA."""
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("set both tls_cert and tls_key")
+    try:
+        chain, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS material: {exc}") from None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def load_registry(settings: Settings) -> ClientRegistry | None:
+    return ClientRegistry.load(settings.clients_file) if settings.clients_file else None
+
+
+def check_exposure(settings: Settings, tls: bool, registry: bool) -> None:
+    """Refuse an unsafe non-loopback bind unless the operator said so; warn loudly either way."""
+    problems = exposure_problems(settings.host, tls, registry)
+    if problems and not settings.allow_insecure:
+        raise ValueError("refusing to serve: " + "; ".join(problems) + " (or set allow_insecure)")
+    for problem in problems:
+        log.warning("security.insecure_exposure", problem=problem)
+    if not tls and not problems:
+        log.warning("security.plaintext_loopback", host=settings.host,
+                    note="plaintext gRPC: fine on loopback only; set tls_cert/tls_key before exposing the port")
+
+
 def create_server(settings: Settings, runtime: Runtime) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A gRPC server with the diagnosis service, health and reflection; returns the bound port."""
+    credentials = server_credentials(settings)
+    registry = load_registry(settings)
     limit = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
     pb_grpc.add_DiagnosisServiceServicer_to_server(
-        DiagnosisServicer(runtime.service, settings, runtime.detector_categories), server)
+        DiagnosisServicer(runtime.service, settings, runtime.detector_categories, Authenticator(registry),
+                          runtime.audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        raise RuntimeError(f"could not bind {address}")
+    log.info("server.security", tls=credentials is not None, mutual_tls=bool(settings.tls_client_ca),
+             clients=len({*registry.by_token_digest.values(), *registry.by_certificate_cn.values()}) if registry else 0)
     return server, port, health_servicer
 
 
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, int]]:
     """Triton + front service, serving until the block exits (graceful stop)."""
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("plaintext.non_loopback", host=settings.host,
-                    note="gRPC without TLS on a non-loopback address; put it behind TLS termination")
+    # Fail on bad security settings before the minutes of starting Triton.
+    check_exposure(settings, server_credentials(settings) is not None, load_registry(settings) is not None)
     runtime = await start_runtime(settings)
     if settings.metrics_port:
         # Loopback only: scrape through a sidecar or reverse proxy, never expose it directly.

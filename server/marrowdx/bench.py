@@ -35,8 +35,8 @@ from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.crops import square_crop
 from marrowdx.imaging.decode import Limits, decode_rgb
 from marrowdx.imaging.letterbox import letterbox
-from marrowdx.inference.launcher import free_port
 from marrowdx.loadgen import LoadConfig, run_load
+from marrowdx.procinfo import children, descendants, peak_rss_mb, rss_mb, start_service_process
 from marrowdx.settings import PROJECT_ROOT, Settings
 
 DETECTOR_INPUT, CROP = 320, 96
@@ -163,63 +163,9 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
     return asyncio.run(run())
 
 
-def _status_mb(pid: int, key: str) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def peak_rss_mb(pid: int) -> float:
-    return _status_mb(pid, "VmHWM:")
-
-
-def rss_mb(pid: int) -> float:
-    return _status_mb(pid, "VmRSS:")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of every thread (Triton is started from a worker thread)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(pids: list[int]) -> list[int]:
-    out, todo = [], list(pids)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children(pid)
-    return out
-
-
 def start_service(settings: Settings, state_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "MARROWDX_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "marrowdx.cli", "serve", "--port", str(port), "--state-dir", str(state_dir),
-           "--model-repository", str(settings.model_repository)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with Client(address, timeout_s=2) as c:
-                c.model_info()
-            return proc, address
-        except Exception:
-            time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("service did not start")
+    proc, address = start_service_process(state_dir, settings.model_repository)
+    return proc, address
 
 
 def run_bench(images_paths: list[Path], quick: bool, soak_s: float, settings: Settings) -> dict:

@@ -30,7 +30,27 @@ def _settings(args: argparse.Namespace) -> Settings:
         triton_url=getattr(args, "triton_url", None), model_repository=getattr(args, "model_repository", None),
         state_dir=getattr(args, "state_dir", None), database=getattr(args, "database", None),
         metrics_port=getattr(args, "metrics_port", None),
+        tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=getattr(args, "tls_client_ca", None), clients_file=getattr(args, "clients_file", None),
+        allow_insecure=getattr(args, "allow_insecure", None) or None,
     )
+
+
+def _security(args: argparse.Namespace):
+    """How to reach --server: TLS/mTLS files and a token file, or MARROWDX_CLIENT_* / MARROWDX_TOKEN.
+    The embedded stack is plaintext on loopback and open to its local client."""
+    from marrowdx.transport import PLAINTEXT, ClientSecurity
+
+    if not getattr(args, "server", None):
+        return PLAINTEXT
+    return ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                                   token_file=args.token_file, server_name=args.server_name)
+
+
+def _client(args: argparse.Namespace, address: str):
+    from marrowdx.client import Client
+
+    return Client(address, security=_security(args))
 
 
 @contextlib.contextmanager
@@ -68,10 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from marrowdx.client import Client, image_message, list_images
+    from marrowdx.client import image_message, list_images
 
     paths = list_images(args.images)
-    with _service(args) as address, Client(address) as client:
+    with _service(args) as address, _client(args, address) as client:
         for path in paths:
             response = client.analyze(image_message(path), top_k=args.top_k)
             if args.json:
@@ -87,7 +107,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-    from marrowdx.client import Client, image_message, list_images
+    from marrowdx.client import image_message, list_images
     from marrowdx.render import report_text
 
     paths = list_images(args.images)
@@ -97,7 +117,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     specimen = pb.SPECIMEN_TYPE_PERIPHERAL_BLOOD if args.peripheral_blood else pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE
     info = pb.CaseInfo(case_id=args.case, accession_id=args.accession or "", target_count=args.target,
                        specimen_type=specimen, request_id=args.request_id or "")
-    with _service(args) as address, Client(address) as client:
+    with _service(args) as address, _client(args, address) as client:
         report = None
         bar = tqdm(total=len(paths), desc="images", unit="img", disable=args.json or not sys.stderr.isatty())
         messages = (image_message(p, f"{i:05d}{p.suffix}") for i, p in enumerate(paths))
@@ -116,19 +136,16 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from marrowdx.client import Client
     from marrowdx.render import report_text
 
-    with Client(args.server) as client:
+    with _client(args, args.server) as client:
         report = client.report(report_id=args.report_id or "", accession_id=args.accession or "")
     _print_json(report) if args.json else print(report_text(report))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from marrowdx.client import Client
-
-    with _service(args) as address, Client(address) as client:
+    with _service(args) as address, _client(args, address) as client:
         if args.kind == "crops":
             from marrowdx.evaluation.crops import evaluate_crops, plot_curves
 
@@ -159,7 +176,8 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
         for concurrency in args.concurrency:
             config = LoadConfig(address=address, rpc=args.rpc, images=images, concurrency=concurrency, rate=args.rate,
                                 duration_s=args.duration, requests=args.requests,
-                                crops_per_request=args.crops_per_request, progress=sys.stderr.isatty())
+                                crops_per_request=args.crops_per_request, progress=sys.stderr.isatty(),
+                                security=_security(args))
             summaries.append(asyncio.run(run_load(config)).summary())
     print(table(summaries))
     if args.json:
@@ -171,6 +189,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from marrowdx.bench import main_bench
 
     return main_bench(args.images, args.quick, args.soak, args.json, _settings(args))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from marrowdx.security.access import Role, new_token
+
+    roles = [Role(r).value for r in args.roles.split(",")]
+    token, digest = new_token()
+    entry = {"id": args.client, "org": args.org, "roles": roles, "token_sha256": digest}
+    Path(args.out).write_text(token + "\n")
+    Path(args.out).chmod(0o600)
+    print(f"token written to {args.out} (mode 600); add this entry to the clients file:", file=sys.stderr)
+    print(json.dumps(entry))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from marrowdx.store.audit import AuditLog
+
+    settings = _settings(args)
+    if not settings.database_path.exists():
+        print(f"no database at {settings.database_path}", file=sys.stderr)
+        return 1
+    audit = AuditLog(settings.database_path)
+    for entry in audit.recent(args.limit):
+        print(json.dumps(dataclasses.asdict(entry)) if args.json else
+              f"{entry.at} {entry.client_id or '-'}@{entry.org or '-'} {entry.method} {entry.outcome} "
+              f"{entry.report_id or ''} {entry.case_ref or ''}".rstrip())
+    audit.close()
+    return 0
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    from marrowdx.faults import main_faults
+
+    return main_faults(args.duration, args.json, _settings(args), args.state_dir)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -194,15 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
     def stack_flags(p: argparse.ArgumentParser, server: bool = True) -> None:
         if server:
             p.add_argument("--server", help="HOST:PORT of a running service (default: start the embedded stack)")
+            client_security_flags(p)
         p.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (default: start the bundled tritonserver)")
         p.add_argument("--model-repository", type=Path)
         p.add_argument("--state-dir", type=Path, help="Triton backend folder, logs and the default database")
         p.add_argument("--database", type=Path, help="SQLite file for reports")
 
+    def client_security_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tls-ca", type=Path, help="CA of the server certificate (turns TLS on)")
+        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
+        p.add_argument("--token-file", type=Path, help="file holding a bearer token (or set MARROWDX_TOKEN)")
+        p.add_argument("--server-name", help="name to check the server certificate against")
+
     p = sub.add_parser("serve", help="run Triton and the gRPC front service")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--clients-file", type=Path, help="client registry: tokens/certificate names, organisations, roles")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="serve a non-loopback address without TLS or without a registry (not for production)")
     stack_flags(p, server=False)
     p.set_defaults(func=cmd_serve)
 
@@ -228,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="fetch a stored report")
     p.add_argument("--server", required=True)
+    client_security_flags(p)
     p.add_argument("--report-id")
     p.add_argument("--accession")
     p.add_argument("--json", action="store_true")
@@ -270,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     stack_flags(p, server=False)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("token", help="make a bearer token for a client and print its registry entry")
+    p.add_argument("--client", required=True, help="client id, e.g. lis-north")
+    p.add_argument("--org", required=True, help="organisation whose reports the client may read")
+    p.add_argument("--roles", default="submit,read", help="comma-separated: submit, read, admin")
+    p.add_argument("--out", required=True, help="file to write the token to (mode 600)")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("audit", help="print the audit log (who did what; no patient identifiers)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--database", type=Path)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("faults", help="load with injected faults (kill Triton, kill -9 the service, bad input); "
+                                      "counts acknowledged reports lost")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of load (bounded)")
+    p.add_argument("--json")
+    p.add_argument("--state-dir", type=Path, help="where the run keeps its database and logs (default: a temp dir)")
+    p.set_defaults(func=cmd_faults)
+
     p = sub.add_parser("demo", help="diagnose the bundled sample case end to end")
     p.add_argument("--json", action="store_true")
     stack_flags(p)
@@ -286,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

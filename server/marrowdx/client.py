@@ -6,10 +6,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import grpc
-
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+from marrowdx.transport import PLAINTEXT, ClientSecurity, open_channel
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
@@ -32,12 +31,12 @@ def image_message(path: Path, image_id: str | None = None) -> pb.Image:
 
 
 class Client:
-    def __init__(self, address: str, timeout_s: float = 300.0, max_message_mb: int = 64) -> None:
-        limit = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
-                                                               ("grpc.max_receive_message_length", limit)])
+    def __init__(self, address: str, timeout_s: float = 300.0, max_message_mb: int = 64,
+                 security: ClientSecurity = PLAINTEXT) -> None:
+        self.channel = open_channel(address, security, max_message_mb)
         self.stub = pb_grpc.DiagnosisServiceStub(self.channel)
         self.timeout_s = timeout_s
+        self._call = {"timeout": timeout_s, "metadata": security.metadata}
 
     def close(self) -> None:
         self.channel.close()
@@ -49,14 +48,14 @@ class Client:
         self.close()
 
     def analyze(self, image: pb.Image, top_k: int = 3) -> pb.AnalyzeFieldResponse:
-        return self.stub.AnalyzeField(pb.AnalyzeFieldRequest(image=image, top_k=top_k), timeout=self.timeout_s)
+        return self.stub.AnalyzeField(pb.AnalyzeFieldRequest(image=image, top_k=top_k), **self._call)
 
     def classify(self, crops: list[pb.Image], top_k: int = 3) -> pb.ClassifyCellsResponse:
-        return self.stub.ClassifyCells(pb.ClassifyCellsRequest(crops=crops, top_k=top_k), timeout=self.timeout_s)
+        return self.stub.ClassifyCells(pb.ClassifyCellsRequest(crops=crops, top_k=top_k), **self._call)
 
     def diagnose(self, info: pb.CaseInfo, fields: list[pb.Image] = (), crops: list[pb.Image] = ()) -> pb.CaseReport:
         request = pb.DiagnoseCaseRequest(case_info=info, fields=list(fields), crops=list(crops))
-        return self.stub.DiagnoseCase(request, timeout=self.timeout_s).report
+        return self.stub.DiagnoseCase(request, **self._call).report
 
     def diagnose_stream(self, info: pb.CaseInfo, images: Iterable[pb.Image], as_crops: bool,
                         stop_at_target: bool = True, window: int = 2) -> Iterator[pb.DiagnoseCaseStreamResponse]:
@@ -76,7 +75,7 @@ class Client:
                 yield pb.DiagnoseCaseStreamRequest(crop=image) if as_crops else pb.DiagnoseCaseStreamRequest(field=image)
             yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())
 
-        for response in self.stub.DiagnoseCaseStream(requests(), timeout=self.timeout_s):
+        for response in self.stub.DiagnoseCaseStream(requests(), **self._call):
             if response.HasField("progress"):
                 if response.progress.target_reached:
                     reached.set()
@@ -85,7 +84,7 @@ class Client:
 
     def report(self, report_id: str = "", accession_id: str = "") -> pb.CaseReport:
         request = pb.GetReportRequest(report_id=report_id) if report_id else pb.GetReportRequest(accession_id=accession_id)
-        return self.stub.GetReport(request, timeout=self.timeout_s).report
+        return self.stub.GetReport(request, **self._call).report
 
     def model_info(self) -> pb.GetModelInfoResponse:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout_s)
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), **self._call)

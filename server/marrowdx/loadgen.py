@@ -22,6 +22,7 @@ from hdrh.histogram import HdrHistogram
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+from marrowdx.transport import PLAINTEXT, ClientSecurity, open_aio_channel
 
 RPCS = ("analyze", "classify", "stream")
 
@@ -39,6 +40,7 @@ class LoadConfig:
     fields_per_case: int = 8
     timeout_s: float = 60.0
     progress: bool = True
+    security: ClientSecurity = PLAINTEXT
 
 
 @dataclass
@@ -91,11 +93,11 @@ class _Caller:
         """One request; returns (items, cells)."""
         c = self.config
         if c.rpc == "analyze":
-            response = await self.stub.AnalyzeField(pb.AnalyzeFieldRequest(image=self._next(1)[0]), timeout=c.timeout_s)
+            response = await self.stub.AnalyzeField(pb.AnalyzeFieldRequest(image=self._next(1)[0]), timeout=c.timeout_s, metadata=c.security.metadata)
             return 1, sum(1 for cell in response.cells if cell.detector_category == "nucleated")
         if c.rpc == "classify":
             response = await self.stub.ClassifyCells(pb.ClassifyCellsRequest(crops=self._next(c.crops_per_request)),
-                                                      timeout=c.timeout_s)
+                                                      timeout=c.timeout_s, metadata=c.security.metadata)
             return len(response.cells), len(response.cells)
         images = self._next(c.fields_per_case)
 
@@ -106,7 +108,7 @@ class _Caller:
             yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())
 
         report = None
-        async for response in self.stub.DiagnoseCaseStream(requests(), timeout=c.timeout_s):
+        async for response in self.stub.DiagnoseCaseStream(requests(), timeout=c.timeout_s, metadata=c.security.metadata):
             if response.HasField("report"):
                 report = response.report
         return len(images), len(report.evidence) if report else 0
@@ -119,9 +121,7 @@ async def run_load(config: LoadConfig) -> LoadResult:
         raise ValueError("give a duration or a request count: a load test must stop by itself")
     mode = "open" if config.rate > 0 else "closed"
     result = LoadResult(config.rpc, mode, config.concurrency, config.rate, 0.0)
-    limit = 64 * 1024 * 1024
-    async with grpc.aio.insecure_channel(config.address, options=[("grpc.max_send_message_length", limit),
-                                                                  ("grpc.max_receive_message_length", limit)]) as ch:
+    async with open_aio_channel(config.address, config.security) as ch:
         await asyncio.wait_for(ch.channel_ready(), timeout=30)
         caller = _Caller(config, pb_grpc.DiagnosisServiceStub(ch))
         start = time.perf_counter()

@@ -77,8 +77,9 @@ class MarrowService:
         session.tally.add(calls)
         session.times.add(times)
 
-    def find_previous(self, info: CaseInfo) -> StoredReport | None:
-        return self.store.by_request_id(info.request_id) if info.request_id else None
+    def find_previous(self, info: CaseInfo, owner: str) -> StoredReport | None:
+        """The report this owner already got for the same request id, if any."""
+        return self.store.by_request_id(info.request_id, owner) if info.request_id else None
 
     def report(self, session: CaseSession) -> CaseReport:
         t = time.perf_counter()
@@ -96,12 +97,13 @@ class MarrowService:
                    "total_ms": (time.perf_counter() - session.started) * 1000.0}
         return dataclasses.replace(report, timings_ms=timings)
 
-    async def save(self, report: CaseReport, payload: bytes) -> StoredReport:
+    async def save(self, report: CaseReport, payload: bytes, owner: str, client_id: str) -> StoredReport:
         """Commit before the caller acknowledges; an earlier report with the same request id wins."""
         return await asyncio.to_thread(self.store.save, report.report_id, report.case.accession_id,
-                                       report.case.request_id, report.created_at, payload)
+                                       report.case.request_id, report.created_at, payload, owner, client_id)
 
-    async def get_report(self, report_id: str = "", accession_id: str = "") -> StoredReport | None:
+    async def get_report(self, owner: str | None, report_id: str = "", accession_id: str = "") -> StoredReport | None:
+        """``owner`` scopes the lookup to one organisation's reports; None reads any (administrators)."""
         if report_id:
-            return await asyncio.to_thread(self.store.by_report_id, report_id)
-        return await asyncio.to_thread(self.store.by_accession_id, accession_id)
+            return await asyncio.to_thread(self.store.by_report_id, report_id, owner)
+        return await asyncio.to_thread(self.store.by_accession_id, accession_id, owner)

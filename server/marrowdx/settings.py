@@ -24,6 +24,12 @@ class Settings:
     max_in_flight: int = 64
     grace_seconds: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1; 0 = off
+    # transport security and access (see docs/security.md)
+    tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key turns TLS on
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # CA for client certificates: mutual TLS, required
+    clients_file: Path | None = None  # client registry (tokens / certificate names, roles); none = open, loopback only
+    allow_insecure: bool = False  # let a non-loopback bind go without TLS or without a registry (loud warning)
     # images
     max_image_bytes: int = 40 * 1024 * 1024
     max_image_pixels: int = 50_000_000

@@ -110,3 +110,18 @@ def test_a_passed_deadline_is_deadline_exceeded(stack):
     with Client(stack.address, timeout_s=0.001) as client, pytest.raises(grpc.RpcError) as info:
         client.classify([image_message(p) for p in CROPS[:64]])
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_cancelled_case_stops_its_work_and_stores_nothing(stack):
+    request_id = uuid.uuid4().hex
+    info = pb.CaseInfo(case_id="cancelled-case", request_id=request_id)
+    crops = [image_message(p) for p in CROPS]  # the whole demo case: seconds of work
+    with Client(stack.address, timeout_s=0.5) as client, pytest.raises(grpc.RpcError) as err:
+        client.diagnose(info, crops=crops)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    start = time.monotonic()
+    with Client(stack.address) as client:
+        client.diagnose(pb.CaseInfo(case_id="timing"), crops=crops)  # what the full case costs, at least
+    time.sleep(max(1.0, time.monotonic() - start))
+    # Had the work gone on after the deadline, the report would have been committed by now.
+    assert stack.runtime.store.by_request_id(request_id, "local") is None

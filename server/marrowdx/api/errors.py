@@ -12,6 +12,7 @@ from grpc_status import rpc_status
 
 from marrowdx.imaging.decode import ImageError
 from marrowdx.inference.triton import ModelError, ModelTimeout, ModelUnavailable
+from marrowdx.security.access import AccessDenied, NotAuthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,10 @@ def to_status(exc: BaseException) -> grpc.Status:
         description = exc.description if isinstance(exc, RequestError) else str(exc)
         violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
         return _status(code_pb2.INVALID_ARGUMENT, f"{field}: {description}", error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(exc, NotAuthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, str(exc))
+    if isinstance(exc, AccessDenied):
+        return _status(code_pb2.PERMISSION_DENIED, str(exc))
     if isinstance(exc, NotFound):
         return _status(code_pb2.NOT_FOUND, str(exc))
     if isinstance(exc, Overloaded):

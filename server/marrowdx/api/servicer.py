@@ -12,12 +12,15 @@ import structlog
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
 from marrowdx.api import convert
+from marrowdx.api.auth import Authenticator, current_principal
 from marrowdx.api.errors import NotFound, RequestError
 from marrowdx.api.observability import InFlightLimit, rpc
 from marrowdx.domain.report import DISCLAIMER, count_calls
 from marrowdx.pipeline import ImageInput
+from marrowdx.security.access import Role
 from marrowdx.service import CaseSession, MarrowService
 from marrowdx.settings import Settings
+from marrowdx.store.audit import AuditLog
 
 MAX_TOP_K = 10
 # Logs correlate a case by a keyed hash of its id, never the id itself (it may identify a patient).
@@ -43,16 +46,19 @@ def _image(msg: pb.Image, field: str) -> ImageInput:
 
 
 class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
-    def __init__(self, service: MarrowService, settings: Settings, detector_categories: tuple[str, ...]) -> None:
+    def __init__(self, service: MarrowService, settings: Settings, detector_categories: tuple[str, ...],
+                 auth: Authenticator, audit: AuditLog) -> None:
         self.service = service
         self.settings = settings
         self.limit = InFlightLimit(settings.max_in_flight)
         self.detector_categories = detector_categories
+        self.auth = auth
+        self.audit = audit
 
     def _versions(self) -> pb.ModelVersions:
         return convert.models(self.service.versions())
 
-    @rpc("AnalyzeField")
+    @rpc("AnalyzeField", Role.SUBMIT)
     async def AnalyzeField(self, request: pb.AnalyzeFieldRequest, context) -> pb.AnalyzeFieldResponse:
         if not request.HasField("image"):
             raise RequestError("image", "is required")
@@ -67,7 +73,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                                total_ms=t.decode_ms + t.crop_ms + t.detect_ms + t.classify_ms),
             image_width=result.width, image_height=result.height)
 
-    @rpc("ClassifyCells")
+    @rpc("ClassifyCells", Role.SUBMIT)
     async def ClassifyCells(self, request: pb.ClassifyCellsRequest, context) -> pb.ClassifyCellsResponse:
         if not request.crops:
             raise RequestError("crops", "at least one crop is required")
@@ -90,16 +96,21 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     async def _finish(self, session: CaseSession) -> pb.CaseReport:
         report = self.service.report(session)
         message = convert.case_report(report)
-        stored = await self.service.save(report, message.SerializeToString())
+        caller = current_principal()
+        stored = await self.service.save(report, message.SerializeToString(), caller.org, caller.client_id)
+        structlog.contextvars.bind_contextvars(report_id=stored.report_id)
         if stored.report_id != report.report_id:  # same request id as an earlier case
             return pb.CaseReport.FromString(stored.payload)
         return message
 
     def _previous(self, info: pb.CaseInfo) -> pb.CaseReport | None:
-        stored = self.service.find_previous(convert.case_info_from_pb(info))
-        return pb.CaseReport.FromString(stored.payload) if stored else None
+        stored = self.service.find_previous(convert.case_info_from_pb(info), current_principal().org)
+        if stored is None:
+            return None
+        structlog.contextvars.bind_contextvars(report_id=stored.report_id)
+        return pb.CaseReport.FromString(stored.payload)
 
-    @rpc("DiagnoseCase")
+    @rpc("DiagnoseCase", Role.SUBMIT)
     async def DiagnoseCase(self, request: pb.DiagnoseCaseRequest, context) -> pb.DiagnoseCaseResponse:
         if not request.HasField("case_info"):
             raise RequestError("case_info", "is required")
@@ -121,7 +132,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             await self.service.add_crops(session, crops, top_k)
         return pb.DiagnoseCaseResponse(report=await self._finish(session))
 
-    @rpc("DiagnoseCaseStream", streaming=True)
+    @rpc("DiagnoseCaseStream", Role.SUBMIT, streaming=True)
     async def DiagnoseCaseStream(self, request_iterator, context) -> AsyncIterator[pb.DiagnoseCaseStreamResponse]:
         session: CaseSession | None = None
         index = 0
@@ -162,17 +173,19 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
         else:
             raise RequestError("start", "the stream closed before a case was started")
 
-    @rpc("GetReport")
+    @rpc("GetReport", Role.READ)
     async def GetReport(self, request: pb.GetReportRequest, context) -> pb.GetReportResponse:
         key = request.WhichOneof("key")
         if key is None or not getattr(request, key):
             raise RequestError("key", "give report_id or accession_id")
-        stored = await self.service.get_report(**{key: getattr(request, key)})
+        # Another organisation's report is "not found", not "forbidden": its existence is not ours to reveal.
+        stored = await self.service.get_report(current_principal().report_owner, **{key: getattr(request, key)})
         if stored is None:
             raise NotFound(f"no report for that {key}")
+        structlog.contextvars.bind_contextvars(report_id=stored.report_id)
         return pb.GetReportResponse(report=pb.CaseReport.FromString(stored.payload))
 
-    @rpc("GetModelInfo")
+    @rpc("GetModelInfo", None)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
         return pb.GetModelInfoResponse(
             models=self._versions(), thresholds=convert.thresholds(self.service.thresholds),

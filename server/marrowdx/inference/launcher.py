@@ -103,16 +103,37 @@ class ManagedTriton:
         log.info("triton.stopped", returncode=self.process.returncode)
 
 
+def reap_orphan(state_dir: Path) -> int | None:
+    """Kill a tritonserver (and its backend stubs) left by a front service that died
+    without stopping it (kill -9, power loss of the parent only); returns its pid."""
+    pid_file = state_dir / "tritonserver.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    # Only ours: the pid may have been reused by an unrelated process since.
+    if "tritonserver" not in cmdline or str(state_dir.resolve()) not in cmdline:
+        return None
+    try:
+        os.killpg(pid, signal.SIGKILL)  # its own session: the stubs go with it
+    except ProcessLookupError:
+        return None
+    log.warning("triton.orphan_killed", pid=pid)
+    return pid
+
+
 def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, ready_timeout: float = 120.0) -> ManagedTriton:
     """Start tritonserver on loopback and wait until both models are ready."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    reap_orphan(state_dir)
     binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
     port = grpc_port or free_port()
     log_path = state_dir / "tritonserver.log"
     cmd = [
         str(binary),
         f"--model-repository={Path(model_repository).resolve()}",
-        f"--backend-directory={prepare_backend_dir(state_dir)}",
+        f"--backend-directory={prepare_backend_dir(state_dir.resolve())}",
         "--model-control-mode=explicit",
         *[f"--load-model={m}" for m in MODELS],
         "--grpc-address=127.0.0.1",
@@ -125,6 +146,7 @@ def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, re
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_environment(),
                                    start_new_session=True)
+    (state_dir / "tritonserver.pid").write_text(str(process.pid))
     triton = ManagedTriton(process, port, log_path)
     log.info("triton.starting", pid=process.pid, grpc_port=port, model_repository=str(model_repository))
     try:

@@ -1,0 +1,75 @@
+"""An append-only audit log of who did what: client, organisation, method,
+outcome, and the report or keyed case reference it touched; never a patient
+identifier, an image or a credential.
+
+It lives in its own table beside the reports, written through its own
+connection with synchronous=NORMAL (WAL): an entry survives a crash of the
+service; only a power cut may take the last few.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from marrowdx.store.sqlite import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         TEXT NOT NULL,
+    client_id  TEXT NOT NULL,
+    org        TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    request_id TEXT NOT NULL DEFAULT '',
+    case_ref   TEXT NOT NULL DEFAULT '',
+    report_id  TEXT NOT NULL DEFAULT '',
+    peer       TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+COLUMNS = ("seq", "at", "client_id", "org", "method", "outcome", "request_id", "case_ref", "report_id", "peer")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: str
+    client_id: str
+    org: str
+    method: str
+    outcome: str
+    request_id: str
+    case_ref: str
+    report_id: str
+    peer: str
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = connect(path, synchronous="NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def record(self, client_id: str, org: str, method: str, outcome: str, request_id: str = "",
+               case_ref: str = "", report_id: str = "", peer: str = "") -> None:
+        at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self._lock:
+            self._db.execute("INSERT INTO audit(at, client_id, org, method, outcome, request_id, case_ref, report_id, peer) "
+                             "VALUES (?,?,?,?,?,?,?,?,?)",
+                             (at, client_id, org, method, outcome, request_id, case_ref, report_id, peer))
+
+    def recent(self, limit: int = 100) -> list[AuditEntry]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [AuditEntry(*row) for row in reversed(rows)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,78 @@
+"""How a client reaches the service: plaintext on loopback, TLS, mutual TLS,
+and a bearer token sent as ``authorization`` metadata on every call."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    ca: Path | None = None  # CA that signed the server certificate: turns TLS on
+    cert: Path | None = None  # client certificate and key: mutual TLS
+    key: Path | None = None
+    # bearer token; kept out of repr (and so out of logs), never on a command line (use a file or MARROWDX_TOKEN)
+    token: str = field(default="", repr=False)
+    server_name: str = ""  # override the name checked against the server certificate
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ClientSecurity:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {
+            "ca": Path(env["MARROWDX_CLIENT_CA"]) if env.get("MARROWDX_CLIENT_CA") else None,
+            "cert": Path(env["MARROWDX_CLIENT_CERT"]) if env.get("MARROWDX_CLIENT_CERT") else None,
+            "key": Path(env["MARROWDX_CLIENT_KEY"]) if env.get("MARROWDX_CLIENT_KEY") else None,
+            "token": env.get("MARROWDX_TOKEN", ""),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        token_file = values.pop("token_file", None)
+        if token_file:
+            values["token"] = Path(str(token_file)).read_text().strip()
+        return cls(**values)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.ca is None:
+            if self.cert or self.key:
+                raise ValueError("a client certificate needs the server's CA too (TLS first)")
+            return None
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("give both the client certificate and its key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None)
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+PLAINTEXT = ClientSecurity()
+
+
+def _options(security: ClientSecurity, max_message_mb: int) -> list[tuple[str, object]]:
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *security.options()]
+
+
+def open_channel(address: str, security: ClientSecurity = PLAINTEXT, max_message_mb: int = 64) -> grpc.Channel:
+    credentials = security.credentials()
+    options = _options(security, max_message_mb)
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def open_aio_channel(address: str, security: ClientSecurity = PLAINTEXT, max_message_mb: int = 64) -> grpc.aio.Channel:
+    credentials = security.credentials()
+    options = _options(security, max_message_mb)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)

@@ -1,0 +1,147 @@
+"""TLS, mutual TLS, per-client roles, per-organisation report access and the
+audit log, against a real stack whose port requires client certificates."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.client import Client, image_message
+from marrowdx.embedded import embedded_stack
+from marrowdx.security.access import new_token
+from marrowdx.settings import Settings
+from marrowdx.transport import ClientSecurity
+from tests.pki import CertificateAuthority
+
+pytestmark = pytest.mark.integration
+CROPS = sorted((Path(__file__).resolve().parents[2] / "samples" / "demo-case" / "crops").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    """A stack on mutual TLS with a registry: tokens for lis-a (org-a), reader-b (org-b), ops (admin);
+    a certificate name for pacs-a (org-a, submit only)."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority(folder)
+    server_cert, server_key = ca.issue("localhost", server=True)
+    tokens, entries = {}, []
+    for client_id, org, roles in (("lis-a", "org-a", ["submit", "read"]), ("reader-b", "org-b", ["read"]),
+                                  ("ops", "marrowdx", ["admin"])):
+        tokens[client_id], digest = new_token()
+        entries.append({"id": client_id, "org": org, "roles": roles, "token_sha256": digest})
+    entries.append({"id": "pacs-a", "org": "org-a", "roles": ["submit"], "certificate_cn": "pacs-a"})
+    clients_file = folder / "clients.json"
+    clients_file.write_text(json.dumps({"clients": entries}))
+    certs = {cn: ca.issue(cn) for cn in ("pacs-a", "unregistered", "token-carrier")}
+    state = tmp_path_factory.mktemp("secure-stack")
+    settings = Settings.from_env(os.environ, state_dir=state, database=state / "reports.sqlite3", tls_cert=server_cert, tls_key=server_key, tls_client_ca=ca.cert_path,
+                              clients_file=clients_file)
+    with embedded_stack(settings) as stack:
+        stack_address = stack.address.replace("127.0.0.1", "localhost")
+
+        def connect(token_of: str = "", cert: str = "token-carrier") -> Client:
+            cert_path, key_path = certs[cert]
+            return Client(stack_address, timeout_s=120, security=ClientSecurity(
+                ca=ca.cert_path, cert=cert_path, key=key_path, token=tokens.get(token_of, token_of)))
+
+        yield stack, connect, ca, tokens
+
+
+def _case(tag: str) -> pb.CaseInfo:
+    return pb.CaseInfo(case_id=f"PATIENT-{tag}-{uuid.uuid4().hex[:6]}", accession_id=f"ACC-{uuid.uuid4().hex[:8]}",
+                       request_id=uuid.uuid4().hex)
+
+
+def test_a_connection_without_a_client_certificate_is_refused(secure):
+    stack, _, ca, tokens = secure
+    address = stack.address.replace("127.0.0.1", "localhost")
+    with Client(address, timeout_s=10, security=ClientSecurity(ca=ca.cert_path, token=tokens["lis-a"])) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_plaintext_connection_is_refused(secure):
+    stack, *_ = secure
+    with Client(stack.address, timeout_s=10) as client, pytest.raises(grpc.RpcError) as info:
+        client.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_unknown_token_and_unregistered_certificate_are_unauthenticated(secure):
+    _, connect, *_ = secure
+    with connect("not-a-real-token") as client, pytest.raises(grpc.RpcError) as info:
+        client.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with connect(cert="unregistered") as client, pytest.raises(grpc.RpcError) as info:
+        client.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "not registered" in info.value.details()
+
+
+def test_roles_are_enforced(secure):
+    _, connect, *_ = secure
+    with connect("reader-b") as reader, pytest.raises(grpc.RpcError) as info:
+        reader.classify([image_message(CROPS[0])])
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with connect(cert="pacs-a") as pacs:  # identified by its certificate alone
+        report = pacs.diagnose(_case("pacs"), crops=[image_message(p) for p in CROPS[:5]])
+        assert report.report_id
+        with pytest.raises(grpc.RpcError) as info:
+            pacs.report(report_id=report.report_id)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_client_reads_its_organisations_reports_only(secure):
+    _, connect, *_ = secure
+    info = _case("lis")
+    with connect("lis-a") as lis:
+        written = lis.diagnose(info, crops=[image_message(p) for p in CROPS[:5]])
+        assert lis.report(report_id=written.report_id) == written
+        assert lis.report(accession_id=info.accession_id).report_id == written.report_id
+    with connect("reader-b") as other:
+        for key in ({"report_id": written.report_id}, {"accession_id": info.accession_id}):
+            with pytest.raises(grpc.RpcError) as err:
+                other.report(**key)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND  # not even told it exists
+    with connect("ops") as admin:
+        assert admin.report(report_id=written.report_id) == written
+
+
+def test_reusing_another_organisations_request_id_does_not_return_its_report(secure):
+    _, connect, *_ = secure
+    info = _case("idem")
+    with connect("lis-a") as lis:
+        mine = lis.diagnose(info, crops=[image_message(p) for p in CROPS[:5]])
+        assert lis.diagnose(info, crops=[image_message(p) for p in CROPS[:5]]).report_id == mine.report_id
+    with connect(cert="pacs-a") as same_org:
+        assert same_org.diagnose(info, crops=[image_message(CROPS[0])]).report_id == mine.report_id
+
+
+def test_audit_log_records_who_did_what_without_patient_ids_or_secrets(secure, capsys):
+    stack, connect, _, tokens = secure
+    info = _case("audit")
+    with connect("lis-a") as lis:
+        written = lis.diagnose(info, crops=[image_message(p) for p in CROPS[:3]])
+    with connect("reader-b") as reader, pytest.raises(grpc.RpcError):
+        reader.report(report_id=written.report_id)
+    entries = stack.runtime.audit.recent(200)
+    mine = [e for e in entries if e.report_id == written.report_id and e.client_id == "lis-a"]
+    assert mine and mine[-1].method == "DiagnoseCase" and mine[-1].outcome == "OK" and mine[-1].org == "org-a"
+    assert any(e.client_id == "reader-b" and e.method == "GetReport" and e.outcome == "NOT_FOUND" for e in entries)
+    assert any(e.client_id == "" and e.outcome == "UNAUTHENTICATED" for e in entries)
+    dump = json.dumps([e.__dict__ for e in entries])
+    assert info.case_id not in dump and info.accession_id not in dump
+    for token in tokens.values():
+        assert token not in dump
+    with pytest.raises(Exception, match="append-only"):
+        stack.runtime.audit._db.execute("DELETE FROM audit")
+    out = capsys.readouterr()
+    for token in tokens.values():
+        assert token not in out.out + out.err
