@@ -21,8 +21,9 @@ RUN mkdir -p /var/lib/marrowdx && chown 10001 /var/lib/marrowdx
 
 USER 10001
 EXPOSE 50051
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-  CMD ["python", "-c", "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c=grpc.insecure_channel('127.0.0.1:50051'); sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=2).status==1 else 1)"]
+# TLS for the check comes from MARROWDX_CLIENT_CA (set it when the service runs with TLS).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s \
+  CMD ["marrowdx", "health", "--server", "localhost:50051"]
 ENTRYPOINT ["marrowdx"]
 # With MARROWDX_TRITON_URL set (compose), no tritonserver is started inside this container.
 CMD ["serve"]

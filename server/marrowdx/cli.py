@@ -191,6 +191,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return main_bench(args.images, args.quick, args.soak, args.json, _settings(args))
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the service says SERVING (container health checks; TLS from flags or MARROWDX_CLIENT_*)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from marrowdx.transport import open_channel
+
+    with open_channel(args.server, _security(args)) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout).status
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from marrowdx.security.access import Role, new_token
 
@@ -339,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json")
     stack_flags(p, server=False)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("health", help="exit 0 when a running service is SERVING")
+    p.add_argument("--server", required=True)
+    p.add_argument("--timeout", type=float, default=3.0)
+    client_security_flags(p)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("token", help="make a bearer token for a client and print its registry entry")
     p.add_argument("--client", required=True, help="client id, e.g. lis-north")

@@ -177,3 +177,13 @@ def test_health_is_serving_and_reflection_lists_the_service(channel):
     answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
     assert "marrowdx.v1.DiagnosisService" in names and "grpc.health.v1.Health" in names
+
+
+def test_an_oversize_message_is_refused_and_the_service_keeps_serving(stack, channel, client):
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+
+    too_big = pb.AnalyzeFieldRequest(image=pb.Image(data=b"\0" * (stack.runtime.settings.max_message_mb * 1024 * 1024 + 1)))
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.DiagnosisServiceStub(channel).AnalyzeField(too_big, timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.model_info().models.classifier

@@ -50,7 +50,7 @@ def secure(tmp_path_factory):
             return Client(stack_address, timeout_s=120, security=ClientSecurity(
                 ca=ca.cert_path, cert=cert_path, key=key_path, token=tokens.get(token_of, token_of)))
 
-        yield stack, connect, ca, tokens
+        yield stack, connect, ca, tokens, certs
 
 
 def _case(tag: str) -> pb.CaseInfo:
@@ -59,11 +59,11 @@ def _case(tag: str) -> pb.CaseInfo:
 
 
 def test_a_connection_without_a_client_certificate_is_refused(secure):
-    stack, _, ca, tokens = secure
+    stack, _, ca, tokens, _ = secure
     address = stack.address.replace("127.0.0.1", "localhost")
-    with Client(address, timeout_s=10, security=ClientSecurity(ca=ca.cert_path, token=tokens["lis-a"])) as client:
-        with pytest.raises(grpc.RpcError) as info:
-            client.model_info()
+    security = ClientSecurity(ca=ca.cert_path, token=tokens["lis-a"])
+    with Client(address, timeout_s=10, security=security) as client, pytest.raises(grpc.RpcError) as info:
+        client.model_info()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -125,7 +125,7 @@ def test_reusing_another_organisations_request_id_does_not_return_its_report(sec
 
 
 def test_audit_log_records_who_did_what_without_patient_ids_or_secrets(secure, capsys):
-    stack, connect, _, tokens = secure
+    stack, connect, _, tokens, _ = secure
     info = _case("audit")
     with connect("lis-a") as lis:
         written = lis.diagnose(info, crops=[image_message(p) for p in CROPS[:3]])
@@ -145,3 +145,14 @@ def test_audit_log_records_who_did_what_without_patient_ids_or_secrets(secure, c
     out = capsys.readouterr()
     for token in tokens.values():
         assert token not in out.out + out.err
+
+
+def test_health_command_checks_over_mutual_tls(secure):
+    from marrowdx.cli import main
+
+    stack, _, ca, _, certs = secure
+    cert, key = certs["token-carrier"]
+    address = stack.address.replace("127.0.0.1", "localhost")
+    assert main(["health", "--server", address, "--tls-ca", str(ca.cert_path), "--tls-cert", str(cert),
+                 "--tls-key", str(key)]) == 0
+    assert main(["health", "--server", stack.address]) == 1  # plaintext against a TLS port: not healthy
