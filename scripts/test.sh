@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python -m marrowdx.protogen --check
-.venv/bin/ruff check server training tests
+.venv/bin/ruff check server clients training tests
 .venv/bin/python -m pytest tests -q -p no:cacheprovider

@@ -1,0 +1,126 @@
+"""The bridge's disk spool: every received instance is on disk (fsynced) before
+the C-STORE is acknowledged, rejected ones are kept with their reason, and a
+case moves incoming -> outgoing -> done only when each step has finished. A
+bridge restarted at any point picks up where it was; nothing is dropped.
+
+    spool/incoming/<case key>/<SOP instance UID>.dcm
+    spool/rejected/<timestamp>-<n>.dcm + .reason.txt
+    spool/outgoing/<case key>/*.dcm          results not yet stored at the destination
+    spool/done/<case key>/                   received images and results, sent
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    directory = os.open(path.parent, os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def case_key(dataset: Dataset) -> str:
+    """Cases group by study; the directory name is a hash (UIDs are long, accessions may identify)."""
+    study = str(dataset.get("StudyInstanceUID", "")) or f"accession:{dataset.get('AccessionNumber', '')}"
+    return hashlib.sha256(study.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class PendingCase:
+    key: str
+    files: list[Path]
+    last_received: float  # epoch seconds, from the newest file
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for name in ("incoming", "rejected", "outgoing", "done"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._rejected = 0
+
+    def accept(self, dataset: Dataset) -> Path:
+        """Write a received instance durably; returns its path."""
+        folder = self.root / "incoming" / case_key(dataset)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{dataset.SOPInstanceUID}.dcm"
+        from io import BytesIO
+
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        _fsync_write(path, buffer.getvalue())
+        return path
+
+    def reject(self, raw: bytes, reason: str) -> Path:
+        """Keep what could not be used, with why, for a person to look at."""
+        with self._lock:
+            self._rejected += 1
+            stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._rejected}"
+        path = self.root / "rejected" / f"{stem}.dcm"
+        _fsync_write(path, raw)
+        _fsync_write(path.with_suffix(".reason.txt"), reason.encode())
+        return path
+
+    def pending(self) -> list[PendingCase]:
+        cases = []
+        for folder in sorted((self.root / "incoming").iterdir()):
+            files = sorted(p for p in folder.glob("*.dcm"))
+            if files:
+                cases.append(PendingCase(folder.name, files, max(p.stat().st_mtime for p in files)))
+        return cases
+
+    def outgoing(self, key: str) -> Path:
+        folder = self.root / "outgoing" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def write_result(self, key: str, name: str, dataset: Dataset) -> Path:
+        from io import BytesIO
+
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        path = self.outgoing(key) / name
+        _fsync_write(path, buffer.getvalue())
+        return path
+
+    def unsent(self) -> list[tuple[str, list[Path]]]:
+        return [(folder.name, sorted(folder.glob("*.dcm"))) for folder in sorted((self.root / "outgoing").iterdir())
+                if any(folder.glob("*.dcm"))]
+
+    def finish_inputs(self, key: str, files: list[Path]) -> None:
+        """The case's results are written: its inputs move to done (later arrivals stay incoming)."""
+        target = self.root / "done" / key
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            os.replace(path, target / path.name)
+        folder = self.root / "incoming" / key
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def finish_outputs(self, key: str, files: list[Path]) -> None:
+        """Results stored at the destination: keep them with the case in done."""
+        target = self.root / "done" / key / "results"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.move(str(path), target / path.name)
+        folder = self.root / "outgoing" / key
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -1,0 +1,163 @@
+"""HL7 v2.5.1 ORU^R01 from a case report, built with hl7apy (no string concatenation).
+
+One OBX per differential item (NM, %, UCUM) with an NTE carrying its 95%
+interval and whether the class was trained; OBX for cells counted (LOINC
+38257-2), cells excluded by reason, the M:E ratio and each finding (CWE,
+positive/negative/indeterminate, with an NTE giving the reason). Order-level
+NTEs carry the conclusion, model versions, thresholds and the research-use
+disclaimer. Results are preliminary (P) until a reviewer signs (F).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from hl7apy.base_datatypes import ST
+from hl7apy.core import Group, Message, Segment
+
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.interop.codes import Coding, code_table
+from marrowdx.interop.context import OrderContext
+
+VERSION = "2.5.1"
+PERCENT = Coding("ucum", "%", "percent")
+CELLS = Coding("ucum", "{cells}", "cells")
+
+
+def _esc(text: str) -> str:
+    """Text as one HL7 component, with | ^ & ~ \\ escaped (hl7apy's own text escaping)."""
+    return ST(text).to_er7()
+
+
+def _ts(report: pb.CaseReport) -> str:
+    """RFC 3339 UTC -> HL7 DTM (YYYYMMDDHHMMSS+0000)."""
+    digits = "".join(ch for ch in report.created_at[:19] if ch.isdigit())
+    return digits + "+0000"
+
+
+def _coded(segment: Segment, name: str, coding: Coding) -> None:
+    """A CE/CWE field: code^text^system, each part escaped."""
+    setattr(segment, name, "^".join(_esc(part) for part in (coding.code, coding.display, coding.hl7_system())))
+
+
+def _note(parent: Group, text: str, index: int) -> None:
+    nte = parent.add_segment("NTE")
+    nte.nte_1 = str(index)
+    nte.nte_3 = _esc(text)
+
+
+def _status(report: pb.CaseReport, context: OrderContext) -> str:
+    return "F" if context.final else "P"
+
+
+def _observation(order: Group, set_id: int, value_type: str, code: Coding, value: str, status: str,
+                 units: Coding | None = None, sub_id: str = "") -> Group:
+    group = order.add_group("ORU_R01_OBSERVATION")
+    obx = group.add_segment("OBX")
+    obx.obx_1 = str(set_id)
+    obx.obx_2 = value_type
+    _coded(obx, "obx_3", code)
+    if sub_id:
+        obx.obx_4 = _esc(sub_id)
+    if value_type == "CWE":
+        status_coding = code_table().finding_status(value)
+        obx.obx_5 = "^".join(_esc(part) for part in (status_coding.code, status_coding.display, status_coding.hl7_system()))
+    else:
+        obx.obx_5 = value
+    if units is not None:
+        _coded(obx, "obx_6", units)
+    obx.obx_11 = status
+    return group
+
+
+def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "") -> str:
+    """The ORU^R01 as ER7 text (segments separated by carriage returns)."""
+    codes = code_table()
+    status = _status(report, context)
+    message = Message("ORU_R01", version=VERSION)
+    msh = message.msh
+    msh.msh_3 = _esc(context.sending_application)
+    msh.msh_4 = _esc(context.sending_facility)
+    msh.msh_5 = _esc(context.receiving_application)
+    msh.msh_6 = _esc(context.receiving_facility)
+    msh.msh_7 = context.message_time.strftime("%Y%m%d%H%M%S+0000")
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = _esc(control_id or uuid.uuid4().hex[:20])
+    msh.msh_11 = "P"
+    msh.msh_12 = VERSION
+
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = result.add_group("ORU_R01_PATIENT").add_segment("PID")
+    pid.pid_1 = "1"
+    pid.pid_3.cx_1 = _esc(context.patient_id)
+    pid.pid_3.cx_4 = _esc(context.patient_id_authority)
+    pid.pid_3.cx_5 = "MR"
+    if context.patient_family_name or context.patient_given_name:
+        pid.pid_5.xpn_1 = _esc(context.patient_family_name)
+        pid.pid_5.xpn_2 = _esc(context.patient_given_name)
+    if context.birth_date:
+        pid.pid_7 = context.birth_date
+    if context.sex:
+        pid.pid_8 = context.sex
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    filler = context.filler_order_number or report.report_id
+    orc = order.add_segment("ORC")
+    orc.orc_1 = "RE"
+    if context.placer_order_number:
+        orc.orc_2 = _esc(context.placer_order_number)
+    orc.orc_3 = _esc(filler)
+    orc.orc_5 = "CM"
+    obr = order.add_segment("OBR")
+    obr.obr_1 = "1"
+    if context.placer_order_number:
+        obr.obr_2 = _esc(context.placer_order_number)
+    obr.obr_3 = _esc(filler)
+    _coded(obr, "obr_4", codes.panel)
+    obr.obr_7 = _ts(report)
+    if context.ordering_provider:
+        obr.obr_16 = _esc(context.ordering_provider)
+    obr.obr_22 = _ts(report)
+    obr.obr_25 = status
+    if context.reviewed_by:
+        obr.obr_32 = _esc(context.reviewed_by)
+
+    notes = [
+        f"Conclusion: {report.conclusion}",
+        f"Research use only: {report.disclaimer}",
+        f"Report {report.report_id}; models: detector {report.models.detector}, classifier {report.models.classifier}, "
+        f"taxonomy {report.models.taxonomy}, rules {report.models.rule_set}",
+        "Thresholds: " + ", ".join(f"{k} {v}" for k, v in _thresholds(report).items()),
+        f"Cells counted {report.cells_counted} of target {report.target_count} (minimum {report.minimum_count}); "
+        f"images {report.images_received}",
+    ]
+    for i, text in enumerate(notes, start=1):
+        _note(order, text, i)
+
+    set_id = 0
+    for item in report.differential:
+        set_id += 1
+        coding = codes.cell_class(item.cell_class, item.label)
+        group = _observation(order, set_id, "NM", coding, f"{item.percent:.1f}", status, PERCENT)
+        trained = "" if item.trained else "; class not trained on real data: do not rely on it"
+        _note(group, f"{item.count} cells; 95% CI {item.ci_low_percent:.1f}-{item.ci_high_percent:.1f}%{trained}", 1)
+    set_id += 1
+    _observation(order, set_id, "NM", codes.cells_counted, str(report.cells_counted), status, CELLS)
+    for reason, count in sorted(report.excluded_counts.items()):
+        set_id += 1
+        _observation(order, set_id, "NM", codes.cells_excluded, str(count), status, CELLS, sub_id=reason)
+    if report.HasField("myeloid_erythroid_ratio"):
+        set_id += 1
+        _observation(order, set_id, "NM", codes.me_ratio, f"{report.myeloid_erythroid_ratio:.2f}", status,
+                     Coding("ucum", "{ratio}", "ratio"))
+    for finding in report.findings:
+        set_id += 1
+        state = pb.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_")
+        group = _observation(order, set_id, "CWE", codes.finding(finding.code, finding.label), state, status)
+        _note(group, f"{finding.explanation} (rule {finding.rule_id}; {finding.source})", 1)
+    return message.to_er7()
+
+
+def _thresholds(report: pb.CaseReport) -> dict[str, float]:
+    t = report.thresholds
+    return {f.name: round(v, 4) for f, v in t.ListFields()}

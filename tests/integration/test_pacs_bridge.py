@@ -1,0 +1,144 @@
+"""The PACS path with real DICOM peers on loopback: a pynetdicom SCU sends smear
+images to the bridge, the bridge runs the case through the real service, and a
+pynetdicom SCP receives an SR and annotation objects that pydicom and highdicom
+read back with the right counts. Malformed objects are refused, kept, and do
+not stop the case."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from clients.pacs.bridge import BridgeConfig, Destination, PacsBridge
+from clients.pacs.nodes import StoreSCP, echo, send_files
+from marrowdx.interop.dicom import SECONDARY_CAPTURE, smear_image, smear_slide
+
+pytestmark = pytest.mark.integration
+FIELDS = sorted((Path(__file__).resolve().parents[2] / "samples" / "fields" / "images").glob("*.jpg"))
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _write(folder: Path, datasets) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _wait(predicate, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError("timed out")
+
+
+def _sr_measurements(sr) -> dict[str, float]:
+    group = hd.sr.ComprehensiveSR.from_dataset(sr).content.get_image_measurement_groups()[0]
+    return {m.name.value: m.value for m in group.get_measurements()}
+
+
+def test_images_in_results_out_with_the_right_counts(stack, tmp_path):
+    study = generate_uid()
+    series = generate_uid()
+    images = [smear_image(_rgb(p), "PAT-1", "ACC-PACS-1", study, series, i + 1) for i, p in enumerate(FIELDS[:2])]
+    images.append(smear_image(_rgb(FIELDS[2]), "PAT-1", "ACC-PACS-1", study, series, 3, sop_class=SECONDARY_CAPTURE))
+    slide_rgb = np.concatenate([_rgb(FIELDS[0]), _rgb(FIELDS[0])[:, ::-1]], axis=1)  # two fields side by side
+    images.append(smear_slide(slide_rgb, "PAT-1", "ACC-PACS-1", study))
+    files = _write(tmp_path / "scanner", images)
+
+    with StoreSCP(tmp_path / "archive") as archive:
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=2.0,
+                              poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+        with PacsBridge(config) as bridge:
+            assert echo("127.0.0.1", bridge.port, "MARROWDX") == 0
+            assert send_files(files, "127.0.0.1", bridge.port, "MARROWDX") == [0, 0, 0, 0]
+            _wait(lambda: any(str(d.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.33" for d in archive.received)
+                  and sum(str(d.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.91.1" for d in archive.received) >= 1)
+            report_id = next(iter(bridge.reports.values()))
+        received = {str(d.SOPClassUID): [] for d in archive.received}
+        for d in archive.received:
+            received[str(d.SOPClassUID)].append(d)
+
+    report = stack.runtime.store.by_report_id(report_id, "local")
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+
+    report = pb.CaseReport.FromString(report.payload)
+    # The SR, read back from the file the archive wrote, in the source study, referencing every source image.
+    (sr,) = received["1.2.840.10008.5.1.4.1.1.88.33"]
+    sr = dcmread(tmp_path / "archive" / f"{sr.SOPInstanceUID}.dcm")
+    assert sr.StudyInstanceUID == study and sr.PatientID == "PAT-1"
+    referenced = {item.ReferencedSOPInstanceUID for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+                  for series_item in study_item.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence}
+    assert referenced == {d.SOPInstanceUID for d in images}
+    measurements = _sr_measurements(sr)
+    assert measurements["38257-2"] == report.cells_counted > 0
+    for item in report.differential:
+        assert measurements[f"MDX-CELL-{item.cell_class.upper()}"] == pytest.approx(item.percent, abs=1e-3)
+    # Annotations: one object per annotated source image; boxes add up to the report's evidence with boxes.
+    annotations = [hd.ann.annread(tmp_path / "archive" / f"{d.SOPInstanceUID}.dcm")
+                   for d in received["1.2.840.10008.5.1.4.1.1.91.1"]]
+    boxes = sum(g.number_of_annotations for a in annotations for g in a.get_annotation_groups())
+    assert boxes == sum(1 for c in report.evidence if c.HasField("box"))
+    counted = sum(g.number_of_annotations for a in annotations for g in a.get_annotation_groups()
+                  if not g.label.startswith("excluded_"))
+    assert counted == report.cells_counted
+    slide_uid = images[-1].SOPInstanceUID
+    slide_annotations = [a for a in annotations if a.ReferencedImageSequence[0].ReferencedSOPInstanceUID == slide_uid]
+    assert slide_annotations, "the whole-slide image's cells are annotated in its pixel matrix"
+    xs = np.concatenate([g.get_graphic_data("2D")[i][:, 0] for g in slide_annotations[0].get_annotation_groups()
+                         for i in range(g.number_of_annotations)])
+    assert xs.max() > _rgb(FIELDS[0]).shape[1]  # boxes from the second region sit right of the first
+
+
+def test_malformed_objects_are_refused_and_kept_and_the_case_goes_on(stack, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    good = smear_image(_rgb(FIELDS[0]), "PAT-2", "ACC-PACS-2", study, series, 1)
+    no_pixels = smear_image(_rgb(FIELDS[1]), "PAT-2", "ACC-PACS-2", study, series, 2)
+    del no_pixels.PixelData
+    broken = smear_image(_rgb(FIELDS[1]), "PAT-2", "ACC-PACS-2", study, series, 3)
+    broken.PixelData = broken.PixelData[:1000]  # truncated pixel data
+    files = _write(tmp_path / "scanner", [good, no_pixels, broken])
+    with StoreSCP(tmp_path / "archive") as archive:
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=1.0,
+                              poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+        with PacsBridge(config) as bridge:
+            statuses = send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
+            assert statuses[0] == 0 and statuses[1] != 0 and statuses[2] != 0
+            _wait(lambda: any(str(d.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.33" for d in archive.received))
+    reasons = sorted(p.read_text() for p in (tmp_path / "spool" / "rejected").glob("*.reason.txt"))
+    assert len(reasons) == 2 and any("PixelData is missing" in r for r in reasons)
+    assert len(list((tmp_path / "spool" / "rejected").glob("*.dcm"))) == 2  # kept for a person, not dropped
+
+
+def test_results_wait_in_the_spool_while_the_destination_is_down(stack, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    files = _write(tmp_path / "scanner", [smear_image(_rgb(FIELDS[0]), "PAT-3", "ACC-PACS-3", study, series, 1)])
+    archive = StoreSCP(tmp_path / "archive")
+    from marrowdx.inference.launcher import free_port
+
+    archive.port = free_port()  # nobody listens there yet
+    config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=0.5,
+                          poll_s=0.2, retry_s=0.5, destination=Destination("127.0.0.1", archive.port, "ARCHIVE"))
+    with PacsBridge(config) as bridge:
+        send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
+        _wait(lambda: bridge.spool.unsent())
+        time.sleep(1.5)
+        assert bridge.spool.unsent()  # still waiting, nothing thrown away
+        with archive:
+            _wait(lambda: len(archive.received) >= 2)
+        _wait(lambda: not bridge.spool.unsent())
