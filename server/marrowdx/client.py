@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import grpc
+
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
 from marrowdx.transport import PLAINTEXT, ClientSecurity, open_channel
@@ -63,24 +65,34 @@ class Client:
         stop sending once it says the target count is reached."""
         reached = threading.Event()
         answered = threading.Semaphore(window)
+        failure: list[BaseException] = []
 
         def requests() -> Iterator[pb.DiagnoseCaseStreamRequest]:
             yield pb.DiagnoseCaseStreamRequest(start=info)
-            for image in images:
-                # grpc drains this generator on its own thread: without the window it
-                # would send every image before the first answer came back.
-                answered.acquire()
-                if stop_at_target and reached.is_set():
-                    break
-                yield pb.DiagnoseCaseStreamRequest(crop=image) if as_crops else pb.DiagnoseCaseStreamRequest(field=image)
+            try:
+                for image in images:
+                    # grpc drains this generator on its own thread: without the window it
+                    # would send every image before the first answer came back.
+                    answered.acquire()
+                    if stop_at_target and reached.is_set():
+                        break
+                    yield pb.DiagnoseCaseStreamRequest(crop=image) if as_crops else pb.DiagnoseCaseStreamRequest(field=image)
+            except Exception as exc:  # grpc would only say "Exception iterating requests!"
+                failure.append(exc)
+                raise
             yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())
 
-        for response in self.stub.DiagnoseCaseStream(requests(), **self._call):
-            if response.HasField("progress"):
-                if response.progress.target_reached:
-                    reached.set()
-                answered.release()
-            yield response
+        try:
+            for response in self.stub.DiagnoseCaseStream(requests(), **self._call):
+                if response.HasField("progress"):
+                    if response.progress.target_reached:
+                        reached.set()
+                    answered.release()
+                yield response
+        except grpc.RpcError:
+            if failure:  # the caller's own images failed: raise that, not the cancelled call
+                raise failure[0] from None
+            raise
 
     def report(self, report_id: str = "", accession_id: str = "") -> pb.CaseReport:
         request = pb.GetReportRequest(report_id=report_id) if report_id else pb.GetReportRequest(accession_id=accession_id)

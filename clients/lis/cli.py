@@ -1,0 +1,139 @@
+"""marrowdx-lis: submit a case and get HL7 v2 / FHIR / JSON back; deliver the ORU over MLLP.
+
+Research use only: not a medical device; every result needs review by a
+qualified haematologist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from clients.lis.submit import deliver, input_files, request_id_for, submit, write_outputs
+from marrowdx import logging as mlog
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.client import Client
+from marrowdx.interop import mllp
+from marrowdx.interop.context import OrderContext
+from marrowdx.transport import ClientSecurity
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: want HOST:PORT")
+    return host, int(port)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    files = input_files(args.inputs)
+    if not files:
+        print("no images or DICOM files found", file=sys.stderr)
+        return 2
+    info = pb.CaseInfo(case_id=args.case, accession_id=args.accession or "", target_count=args.target,
+                       request_id=args.request_id or request_id_for(args.case, args.accession or "", files))
+    family, _, given = (args.patient_name or "").partition("^")
+    context = OrderContext(patient_id=args.patient_id, patient_family_name=family, patient_given_name=given,
+                           birth_date=args.birth_date or "", sex=args.sex or "",
+                           placer_order_number=args.placer_order or "", filler_order_number=args.accession or "",
+                           receiving_application=args.receiving_app, receiving_facility=args.receiving_facility)
+    security = ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file)
+    with Client(args.server, security=security) as client:
+        report = submit(client, info, files, as_crops=args.crops)
+    outputs = write_outputs(report, context, args.out)
+    print(f"report {report.report_id}: {report.cells_counted} cells counted; {report.conclusion}")
+    for kind, path in outputs.items():
+        print(f"  {kind}: {path}")
+    if args.mllp:
+        ack = deliver(outputs["hl7"], *args.mllp)
+        print(f"  MLLP: {ack.code} {ack.text}".rstrip())
+        if not ack.accepted:
+            print(f"the LIS refused the ORU; it is kept in {outputs['hl7']} with the reason", file=sys.stderr)
+            return 3
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    oru = args.dir / "oru.hl7"
+    ack = deliver(oru, *args.mllp)
+    print(f"{ack.code} {ack.text}".rstrip())
+    return 0 if ack.accepted else 3
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """An MLLP endpoint that parses, ACKs/NAKs and keeps what it receives: for trying an integration."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    count = 0
+
+    def keep(er7: str, code: str) -> None:
+        nonlocal count
+        count += 1
+        (args.out / f"{count:05d}-{code}.hl7").write_text(er7)
+        print(f"message {count}: {code}", flush=True)
+
+    with mllp.MllpReceiver(args.host, args.port, on_message=keep) as receiver:
+        print(f"MLLP listening on {args.host}:{receiver.port}", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marrowdx-lis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("submit", help="submit a case, write report.json, oru.hl7, fhir-bundle.json")
+    p.add_argument("inputs", nargs="+", type=Path, help="images, DICOM files or folders")
+    p.add_argument("--server", required=True, help="HOST:PORT of the marrowdx service")
+    p.add_argument("--case", required=True, help="the lab's case id (sent to the service)")
+    p.add_argument("--accession", help="accession number (sent to the service; filler order number)")
+    p.add_argument("--patient-id", required=True, help="written into HL7/FHIR only, never sent to the service")
+    p.add_argument("--patient-name", help="FAMILY^GIVEN, HL7/FHIR only")
+    p.add_argument("--birth-date", help="YYYYMMDD, HL7/FHIR only")
+    p.add_argument("--sex", choices=["F", "M", "O", "U"])
+    p.add_argument("--placer-order")
+    p.add_argument("--receiving-app", default="LIS")
+    p.add_argument("--receiving-facility", default="LAB")
+    p.add_argument("--crops", action="store_true", help="the images are single-cell crops")
+    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--request-id", help="idempotency key (default: from the case, accession and files)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mllp", type=_hostport, help="HOST:PORT of the LIS MLLP listener")
+    p.add_argument("--tls-ca", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--token-file", type=Path)
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("resend", help="deliver a kept ORU again")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--mllp", type=_hostport, required=True)
+    p.set_defaults(func=cmd_resend)
+    p = sub.add_parser("listen", help="an MLLP endpoint that ACKs and keeps messages (for trying a setup)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=2575)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_listen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mlog.configure("warning", json=True)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError, mllp.MllpError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

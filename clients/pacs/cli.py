@@ -1,0 +1,142 @@
+"""marrowdx-pacs: the DICOM bridge, and small DICOM tools to try it.
+
+Research use only: not a medical device; every result needs review by a
+qualified haematologist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clients.pacs.bridge import BridgeConfig, Destination, PacsBridge
+from clients.pacs.nodes import StoreSCP, echo, send_files
+from marrowdx import logging as mlog
+from marrowdx.transport import ClientSecurity
+
+
+def _node(value: str) -> Destination:
+    parts = value.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: want HOST:PORT:AE_TITLE")
+    return Destination(parts[0], int(parts[1]), parts[2])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    security = ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file)
+    config = BridgeConfig(spool_dir=args.spool, service_address=args.server, destination=args.destination,
+                          host=args.host, port=args.port, ae_title=args.ae_title, idle_s=args.idle,
+                          field_size=args.field_size, security=security)
+    with PacsBridge(config) as bridge:
+        print(f"marrowdx-pacs: {args.ae_title} on {args.host}:{bridge.port}, spool {args.spool} "
+              "(research use only)", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    files = sorted(p for path in args.files for p in (path.rglob("*.dcm") if path.is_dir() else [path]))
+    statuses = send_files(files, args.to.host, args.to.port, args.to.ae_title)
+    for path, status in zip(files, statuses, strict=True):
+        print(f"{path.name}: {'stored' if status == 0 else f'refused (0x{status:04X})'}")
+    return 0 if all(s == 0 for s in statuses) else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    status = echo(args.to.host, args.to.port, args.to.ae_title)
+    print(f"C-ECHO status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    with StoreSCP(args.out, args.host, args.port, args.ae_title) as scp:
+        print(f"storage SCP {args.ae_title} on {args.host}:{scp.port}, writing to {args.out}", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_make_samples(args: argparse.Namespace) -> int:
+    """DICOM smear images from image files: one study, VL Microscopic images (and one
+    whole-slide image built from them with --slide), as a microscope or scanner sends them."""
+    from pydicom.uid import generate_uid
+
+    from marrowdx.interop.dicom import smear_image, smear_slide
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in args.images]
+    datasets = [smear_image(rgb, args.patient_id, args.accession, study, series, i + 1) for i, rgb in enumerate(rgbs)]
+    if args.slide:
+        height = min(r.shape[0] for r in rgbs)
+        datasets.append(smear_slide(np.concatenate([r[:height] for r in rgbs], axis=1), args.patient_id,
+                                    args.accession, study))
+    for ds in datasets:
+        ds.save_as(args.out / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    print(f"{len(datasets)} DICOM files in {args.out} (study {study})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marrowdx-pacs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the bridge")
+    p.add_argument("--server", required=True, help="HOST:PORT of the marrowdx service")
+    p.add_argument("--destination", type=_node, help="HOST:PORT:AE_TITLE that receives the SR and annotations")
+    p.add_argument("--spool", type=Path, required=True, help="folder for received images and results")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--ae-title", default="MARROWDX")
+    p.add_argument("--idle", type=float, default=30.0, help="seconds without a new image before a case runs")
+    p.add_argument("--field-size", type=int, default=576, help="whole-slide region size in pixels")
+    p.add_argument("--tls-ca", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--token-file", type=Path)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("send", help="C-STORE DICOM files (a folder: every .dcm in it)")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--to", type=_node, required=True)
+    p.set_defaults(func=cmd_send)
+    p = sub.add_parser("echo", help="C-ECHO a node")
+    p.add_argument("--to", type=_node, required=True)
+    p.set_defaults(func=cmd_echo)
+    p = sub.add_parser("receive", help="a storage SCP that writes what it receives (an archive to try with)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11113)
+    p.add_argument("--ae-title", default="ARCHIVE")
+    p.set_defaults(func=cmd_receive)
+    p = sub.add_parser("make-samples", help="DICOM smear images from image files")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--patient-id", default="SAMPLE-PATIENT")
+    p.add_argument("--accession", default="SAMPLE-ACC")
+    p.add_argument("--slide", action="store_true", help="also a whole-slide image of them side by side")
+    p.set_defaults(func=cmd_make_samples)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mlog.configure("info", json=True)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
