@@ -21,7 +21,14 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.interop import mllp
 from marrowdx.interop.codes import CODES_PATH
 from marrowdx.interop.context import OrderContext
-from marrowdx.interop.dicom import DicomInputError, FieldOrigin, frames_as_png, render_annotations, render_sr, smear_image
+from marrowdx.interop.dicom import (
+    DicomInputError,
+    FieldOrigin,
+    frames_as_png,
+    render_annotations,
+    render_sr,
+    smear_image,
+)
 from marrowdx.interop.fhir import render_bundle
 from marrowdx.interop.hl7 import render_oru
 
