@@ -12,6 +12,7 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY clients ./clients
 COPY proto ./proto
 RUN pip install .
 

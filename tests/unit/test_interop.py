@@ -192,3 +192,17 @@ def test_mllp_send_to_nobody_fails_clearly():
         port = s.getsockname()[1]
     with pytest.raises(OSError):
         mllp.send("127.0.0.1", port, "MSH|^~\\&|", timeout_s=2)
+
+
+def test_the_committed_example_messages_still_parse():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "integration"
+    message = hl7.parse((folder / "example-oru.hl7").read_text().replace("\n", "\r").strip("\r"))
+    assert str(message.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+    from marrowdx.domain.taxonomy import default_taxonomy
+
+    # Regenerate the examples (see docs/integration.md) when the taxonomy changes.
+    cells = [str(s[3][0][0]) for s in message.segments("OBX") if str(s[3][0][0]).startswith("MDX-CELL-")]
+    assert cells == [f"MDX-CELL-{c.upper()}" for c in default_taxonomy().countable_codes]
+    Bundle.model_validate_json((folder / "example-fhir-bundle.json").read_text())
