@@ -7,8 +7,10 @@ qualified haematologist.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,7 +21,7 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
 from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
-from marrowdx.transport import ClientSecurity
+from marrowdx.transport import PLAINTEXT, ClientSecurity
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -27,6 +29,20 @@ def _hostport(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r}: want HOST:PORT")
     return host, int(port)
+
+
+@contextlib.contextmanager
+def _service(server: str | None) -> Iterator[str]:
+    """The given service, or the embedded stack (Triton + service on loopback) for trying it out."""
+    if server:
+        yield server
+        return
+    from marrowdx.embedded import embedded_service
+    from marrowdx.settings import Settings
+
+    print("no --server: starting the embedded stack (tritonserver + service)...", file=sys.stderr)
+    with embedded_service(Settings.from_env()) as address:
+        yield address
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -42,7 +58,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            placer_order_number=args.placer_order or "", filler_order_number=args.accession or "",
                            receiving_application=args.receiving_app, receiving_facility=args.receiving_facility)
     security = ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file)
-    with Client(args.server, security=security) as client:
+    with _service(args.server) as address, Client(address, security=security if args.server else PLAINTEXT) as client:
         report = submit(client, info, files, as_crops=args.crops)
     outputs = write_outputs(report, context, args.out)
     print(f"report {report.report_id}: {report.cells_counted} cells counted; {report.conclusion}")
@@ -90,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("submit", help="submit a case, write report.json, oru.hl7, fhir-bundle.json")
     p.add_argument("inputs", nargs="+", type=Path, help="images, DICOM files or folders")
-    p.add_argument("--server", required=True, help="HOST:PORT of the marrowdx service")
+    p.add_argument("--server", help="HOST:PORT of the marrowdx service (default: start the embedded stack)")
     p.add_argument("--case", required=True, help="the lab's case id (sent to the service)")
     p.add_argument("--accession", help="accession number (sent to the service; filler order number)")
     p.add_argument("--patient-id", required=True, help="written into HL7/FHIR only, never sent to the service")

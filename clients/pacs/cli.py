@@ -87,6 +87,65 @@ def cmd_make_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """End to end on loopback: embedded service, an archive SCP, the bridge; the sample fields
+    (and a whole-slide image of them) are sent as DICOM; the SR and annotations that reach the
+    archive are read back and their counts checked against the stored report."""
+    import tempfile
+
+    import highdicom as hd
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from marrowdx.embedded import embedded_stack
+    from marrowdx.interop.dicom import smear_image, smear_slide
+    from marrowdx.settings import PROJECT_ROOT, Settings
+
+    fields = sorted((PROJECT_ROOT / "samples" / "fields" / "images").glob("*.jpg"))
+    work = Path(tempfile.mkdtemp(prefix="marrowdx-pacs-demo-"))
+    study, series = generate_uid(), generate_uid()
+    rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in fields]
+    datasets = [smear_image(rgb, "DEMO-PATIENT", "DEMO-ACC", study, series, i + 1) for i, rgb in enumerate(rgbs)]
+    height = min(r.shape[0] for r in rgbs)
+    datasets.append(smear_slide(np.concatenate([r[:height] for r in rgbs], axis=1), "DEMO-PATIENT", "DEMO-ACC", study))
+    (work / "scanner").mkdir()
+    files = []
+    for ds in datasets:
+        files.append(work / "scanner" / f"{ds.SOPInstanceUID}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    print(f"starting the embedded stack; working in {work}", file=sys.stderr)
+    with embedded_stack(Settings.from_env(state_dir=work / "state")) as stack, StoreSCP(work / "archive") as archive:
+        config = BridgeConfig(spool_dir=work / "spool", service_address=stack.address, port=0, idle_s=2.0, poll_s=0.2,
+                              destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+        with PacsBridge(config) as bridge:
+            statuses = send_files(files, "127.0.0.1", bridge.port, config.ae_title)
+            print(f"sent {len(files)} images ({len(datasets) - 1} VL Microscopic, 1 whole-slide): statuses {statuses}")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not (bridge.reports and not bridge.spool.unsent()):
+                time.sleep(0.5)
+            if not bridge.reports:
+                print("no report within 5 minutes", file=sys.stderr)
+                return 1
+        report_id = next(iter(bridge.reports.values()))
+        stored = stack.runtime.store.by_report_id(report_id, "local")
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+
+    report = pb.CaseReport.FromString(stored.payload)
+    srs = [dcmread(p) for p in (work / "archive").glob("*.dcm")]
+    sr = next(d for d in srs if d.Modality == "SR")
+    group = hd.sr.ComprehensiveSR.from_dataset(sr).content.get_image_measurement_groups()[0]
+    counted = {m.name.value: m.value for m in group.get_measurements()}["38257-2"]
+    annotations = [hd.ann.annread(p) for p in (work / "archive").glob("*.dcm") if dcmread(p).Modality == "ANN"]
+    boxes = sum(g.number_of_annotations for a in annotations for g in a.get_annotation_groups()
+                if not g.label.startswith("excluded_"))
+    print(f"report {report_id}: {report.cells_counted} cells counted; {report.conclusion}")
+    print(f"archive received 1 SR (cells counted {counted:g}) and {len(annotations)} annotation objects "
+          f"({boxes} counted-cell boxes) in {work / 'archive'}")
+    ok = counted == report.cells_counted == boxes
+    print("counts agree" if ok else "COUNTS DISAGREE")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marrowdx-pacs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accession", default="SAMPLE-ACC")
     p.add_argument("--slide", action="store_true", help="also a whole-slide image of them side by side")
     p.set_defaults(func=cmd_make_samples)
+    p = sub.add_parser("demo", help="end to end on loopback with the sample fields; checks the counts")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
