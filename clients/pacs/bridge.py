@@ -18,6 +18,7 @@ Research use only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -176,7 +177,10 @@ class PacsBridge:
             try:
                 self.step()
             except Exception:
-                log.exception("pacs.step_failed")
+                # The worker must outlive any one failure (a bad case, even a failing log write):
+                # the spool still holds the work, and the next pass retries it.
+                with contextlib.suppress(Exception):
+                    log.exception("pacs.step_failed")
             self._stop.wait(self.config.poll_s)
 
     def step(self, now: float | None = None) -> None:
