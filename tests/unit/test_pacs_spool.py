@@ -61,12 +61,3 @@ def test_check_instance_names_the_problem():
     ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     assert "not a smear image" in check_instance(ct)
 
-
-def test_the_loadgen_client_is_the_marrowdx_loadgen_command(capsys):
-    import pytest
-
-    from clients.loadgen.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0 and "usage: marrowdx loadgen" in capsys.readouterr().out
