@@ -206,3 +206,14 @@ def test_the_committed_example_messages_still_parse():
     cells = [str(s[3][0][0]) for s in message.segments("OBX") if str(s[3][0][0]).startswith("MDX-CELL-")]
     assert cells == [f"MDX-CELL-{c.upper()}" for c in default_taxonomy().countable_codes]
     Bundle.model_validate_json((folder / "example-fhir-bundle.json").read_text())
+
+
+def test_every_threshold_is_carried_even_a_zero_one(report):
+    report.thresholds.overlap_iou = 0.0  # protobuf would leave a zero out of ListFields
+    names = [f.name for f in report.thresholds.DESCRIPTOR.fields]
+    message = hl7.parse(render_oru(report, CONTEXT))
+    notes = [message.unescape(str(segment[3])) for segment in message.segments("NTE")]
+    note = next(n for n in notes if n.startswith("Thresholds:"))
+    assert all(name in note for name in names) and "overlap_iou 0" in note
+    device = next(e.resource for e in render_bundle(report, CONTEXT).entry if e.resource.get_resource_type() == "Device")
+    assert {p.type.text for p in device.property} == {f"threshold:{n}" for n in names}

@@ -69,3 +69,10 @@ class CodeTable:
 def code_table(path: Path = CODES_PATH) -> CodeTable:
     raw = json.loads(path.read_text())
     return CodeTable(raw["version"], raw["systems"], raw)
+
+
+def thresholds_of(report) -> dict[str, float]:
+    """Every threshold the report was made with, zeros included (protobuf's ListFields
+    would drop a threshold set to 0, and every result must carry all of them)."""
+    t = report.thresholds
+    return {f.name: round(float(getattr(t, f.name)), 6) for f in t.DESCRIPTOR.fields}

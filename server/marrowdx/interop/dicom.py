@@ -31,7 +31,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx.interop.codes import Coding, code_table
+from marrowdx.interop.codes import Coding, code_table, thresholds_of
 
 VL_MICROSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.2"
 VL_SLIDE_COORDINATES = "1.2.840.10008.5.1.4.1.1.77.1.3"
@@ -127,7 +127,7 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
             model_name=f"detector {report.models.detector}; classifier {report.models.classifier}"[:64]))
     algorithm = hd.sr.AlgorithmIdentification(
         name="marrowdx", version=f"{report.models.classifier}/{report.models.rule_set}"[:64],
-        parameters=[f"{f.name}={round(v, 4)}" for f, v in report.thresholds.ListFields()] or None)
+        parameters=[f"{k}={v}" for k, v in thresholds_of(report).items()] or None)
     measurements = []
     for item in report.differential:
         properties = hd.sr.MeasurementProperties(

@@ -25,7 +25,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx.interop.codes import Coding, code_table
+from marrowdx.interop.codes import Coding, code_table, thresholds_of
 from marrowdx.interop.context import OrderContext
 
 UCUM = "http://unitsofmeasure.org"
@@ -77,8 +77,8 @@ def render_bundle(report: pb.CaseReport, context: OrderContext) -> Bundle:
               "version": [{"type": {"text": part}, "value": value} for part, value in
                           (("detector", m.detector), ("classifier", m.classifier), ("taxonomy", m.taxonomy),
                            ("rule_set", m.rule_set)) if value],
-              "property": [{"type": {"text": f"threshold:{f.name}"}, "valueQuantity": [{"value": round(v, 6)}]}
-                           for f, v in report.thresholds.ListFields()],
+              "property": [{"type": {"text": f"threshold:{name}"}, "valueQuantity": [{"value": value}]}
+                           for name, value in thresholds_of(report).items()],
               "note": [{"text": report.disclaimer}]}
     entries.append((device_ref, Device.model_validate(device)))
 

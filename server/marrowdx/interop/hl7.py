@@ -16,7 +16,7 @@ from hl7apy.base_datatypes import ST
 from hl7apy.core import Group, Message, Segment
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx.interop.codes import Coding, code_table
+from marrowdx.interop.codes import Coding, code_table, thresholds_of
 from marrowdx.interop.context import OrderContext
 
 VERSION = "2.5.1"
@@ -127,7 +127,7 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
         f"Research use only: {report.disclaimer}",
         f"Report {report.report_id}; models: detector {report.models.detector}, classifier {report.models.classifier}, "
         f"taxonomy {report.models.taxonomy}, rules {report.models.rule_set}",
-        "Thresholds: " + ", ".join(f"{k} {v}" for k, v in _thresholds(report).items()),
+        "Thresholds: " + ", ".join(f"{k} {v:g}" for k, v in thresholds_of(report).items()),
         f"Cells counted {report.cells_counted} of target {report.target_count} (minimum {report.minimum_count}); "
         f"images {report.images_received}",
     ]
@@ -157,7 +157,3 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
         _note(group, f"{finding.explanation} (rule {finding.rule_id}; {finding.source})", 1)
     return message.to_er7()
 
-
-def _thresholds(report: pb.CaseReport) -> dict[str, float]:
-    t = report.thresholds
-    return {f.name: round(v, 4) for f, v in t.ListFields()}
