@@ -17,5 +17,6 @@ data=../shared/data
   --json docs/metrics/pbc_test.json --pr-png docs/metrics/pbc_test_pr.png
 .venv/bin/marrowdx --log-level warning eval fields $data/txl_pbc/images/val --format yolo --json docs/metrics/txl_val.json
 cp "$cls/metrics.jsonl" docs/metrics/classifier_training_log.jsonl
-cp "$det/metrics.jsonl" docs/metrics/detector_training_log.jsonl
+# The detector's log is named after its run (detector, or detector-ft for the fine-tuning stage).
+cp "$det/metrics.jsonl" "docs/metrics/$(basename "$det")_training_log.jsonl"
 $py -m training.model_card_metrics

@@ -52,14 +52,14 @@ def render() -> str:
     lines += crops_section(METRICS / "pbc_test.json", "`pbc` test split, peripheral blood, PBC folder labels")
     lines += [f"**Untrained classes** (no metric: no real data): {untrained}. They are outputs of the model but were "
               "never positive targets; a cell of these kinds is called something else or rejected.", "",
-              f"### Detector, TXL-PBC val (n = {fields['n_images']} fields, IoU 0.5, score >= {wbc['score_threshold']})", "",
+              f"### Detector, TXL-PBC val (n = {fields['n_images']} fields, IoU 0.5, score >= {wbc['score_threshold']:.2f})", "",
               "| category | recall | precision | AP50 | boxes |", "|---|---|---|---|---|"]
     for key, label in (("wbc", "white (nucleated) cells"), ("rbc", "red cells"), ("platelets", "platelets")):
         if key in fields:
             v = fields[key]
             lines.append(f"| {label} | {v['recall']:.3f} | {v['precision']:.3f} | {v['ap50']:.3f} | {v['n_ground_truth']} |")
-    lines += ["", "Of the white cells missed on val, most are cells cut by the field edge that the detector called "
-              "a red cell or smudge; the service never counts edge-cut cells (`cut_by_edge`).", "", END]
+    lines += ["", "The white cells the detector misses are mostly slivers cut by the field edge that it calls a red "
+              "cell or platelet; the service never counts edge-cut cells (`cut_by_edge`).", "", END]
     return "\n".join(lines)
 
 

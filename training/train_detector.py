@@ -92,12 +92,15 @@ def make_targets(boxes: np.ndarray, categories: np.ndarray, num_categories: int,
     return heat, size, offset, mask
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced pixel-wise focal loss."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced pixel-wise focal loss; ``pos_weight`` (one per category)
+    weighs the centres of some categories more, e.g. white cells over red cells."""
     pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     neg_weight = torch.pow(1 - target, 4)
     pos_loss = torch.log(pred) * torch.pow(1 - pred, 2) * pos
+    if pos_weight is not None:
+        pos_loss = pos_loss * pos_weight.view(1, -1, 1, 1)
     neg_loss = torch.log(1 - pred) * torch.pow(pred, 2) * neg_weight * (1 - pos)
     n = pos.sum().clamp(min=1)
     return -(pos_loss.sum() + neg_loss.sum()) / n
@@ -143,6 +146,10 @@ def train(args: argparse.Namespace) -> dict:
     print(f"train {len(train_x)} fields (+synthetic p={args.p_synthetic}), val {len(val_x)} fields, {len(crops)} paste crops")
 
     model = CellDetector(len(names))
+    if args.init:  # fine-tune from earlier weights
+        model.load_state_dict(torch.load(args.init, map_location="cpu"))
+    pos_weight = torch.ones(len(names))
+    pos_weight[nucleated] = args.nucleated_weight
     out_size = INPUT_SIZE // STRIDE
     steps_per_epoch = max(1, len(train_x) // args.batch)
     total = args.max_steps or steps_per_epoch * args.epochs
@@ -174,7 +181,7 @@ def train(args: argparse.Namespace) -> dict:
             m = mask_t.unsqueeze(1)
             n = m.sum().clamp(min=1)
             loss = (
-                focal_loss(heat, heat_t)
+                focal_loss(heat, heat_t, pos_weight)
                 + 0.1 * (F.l1_loss(size * m, size_t * m, reduction="sum") / n)
                 + (F.l1_loss(offset * m, off_t * m, reduction="sum") / n)
             )
@@ -207,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training_arguments(p, out="training/runs/detector", epochs=20, batch=8, lr=3e-3)
     p.add_argument("--p-synthetic", type=float, default=0.5, help="share of fields made crowded with pasted crops")
+    p.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
+    p.add_argument("--nucleated-weight", type=float, default=1.0,
+                   help="weight of white-cell centres in the heatmap loss (edge-cut white cells get called red cells)")
     return p.parse_args(argv)
 
 

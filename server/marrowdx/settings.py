@@ -43,7 +43,7 @@ class Settings:
     triton_timeout_s: float = 30.0
     classify_batch: int = 128
     # counting and thresholds
-    detection_score: float = 0.25  # lowest with precision >= 0.98 on TXL-PBC *train* fields
+    detection_score: float = 0.31  # lowest with precision >= 0.98 on TXL-PBC *train* fields (training.choose_threshold)
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
     duplicate_iou: float = 0.5

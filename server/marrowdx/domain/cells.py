@@ -33,7 +33,7 @@ DETECTOR_EXCLUSIONS = {"red_cell": Exclusion.RED_CELL, "platelet": Exclusion.PLA
 
 @dataclass(frozen=True)
 class Thresholds:
-    detection_score: float = 0.25
+    detection_score: float = 0.31
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
     duplicate_iou: float = 0.5
