@@ -86,7 +86,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         return ModelVersions(models.detector.version, models.classifier.version, taxonomy.version, rules.version)
 
     store = ReportStore(settings.database_path)
-    audit = AuditLog(settings.database_path)
+    audit = AuditLog(settings.audit_path)
     service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds)
     log.info("runtime.ready", triton=url, managed=triton is not None, detector=models.detector.version,
              classifier=models.classifier.version)

@@ -223,10 +223,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from marrowdx.store.audit import AuditLog
 
     settings = _settings(args)
-    if not settings.database_path.exists():
-        print(f"no database at {settings.database_path}", file=sys.stderr)
+    if not settings.audit_path.exists():
+        print(f"no audit log at {settings.audit_path}", file=sys.stderr)
         return 1
-    audit = AuditLog(settings.database_path)
+    audit = AuditLog(settings.audit_path)
     for entry in audit.recent(args.limit):
         print(json.dumps(dataclasses.asdict(entry)) if args.json else
               f"{entry.at} {entry.client_id or '-'}@{entry.org or '-'} {entry.method} {entry.outcome} "

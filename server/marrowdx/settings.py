@@ -58,6 +58,12 @@ class Settings:
     def database_path(self) -> Path:
         return self.database or self.state_dir / "reports.sqlite3"
 
+    @property
+    def audit_path(self) -> Path:
+        """Beside the reports, in a file of its own: an audit write (on the event loop) never
+        waits for the reports' write lock while a report is being fsynced."""
+        return self.database_path.with_name(self.database_path.stem + ".audit.sqlite3")
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         """Defaults <- MARROWDX_<FIELD> env vars <- explicit overrides (flags); None overrides are ignored."""

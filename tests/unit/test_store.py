@@ -63,3 +63,18 @@ def test_wal_and_full_sync_are_on(tmp_path):
     store = ReportStore(tmp_path / "r.sqlite3")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_audit_log_has_its_own_file_beside_the_reports_and_the_cli_reads_it(tmp_path, capsys):
+    from marrowdx.cli import main
+    from marrowdx.settings import Settings
+    from marrowdx.store.audit import AuditLog
+
+    settings = Settings(database=tmp_path / "reports.sqlite3")
+    assert settings.audit_path == tmp_path / "reports.audit.sqlite3"
+    audit = AuditLog(settings.audit_path)
+    audit.record("lis-a", "org-a", "GetReport", "NOT_FOUND", report_id="rpt_x")
+    audit.close()
+    assert main(["audit", "--database", str(settings.database_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lis-a@org-a GetReport NOT_FOUND rpt_x" in out

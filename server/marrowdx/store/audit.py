@@ -2,9 +2,10 @@
 outcome, and the report or keyed case reference it touched; never a patient
 identifier, an image or a credential.
 
-It lives in its own table beside the reports, written through its own
-connection with synchronous=NORMAL (WAL): an entry survives a crash of the
-service; only a power cut may take the last few.
+It lives in its own SQLite file beside the reports (``Settings.audit_path``),
+so an audit write never waits on a report's commit, with synchronous=NORMAL
+(WAL): an entry survives a crash of the service; only a power cut may take
+the last few.
 """
 
 from __future__ import annotations
