@@ -9,19 +9,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
+from clients.foreground import wait_until_interrupted
 from clients.lis.submit import deliver, input_files, request_id_for, submit, write_outputs
 from marrowdx import logging as mlog
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
 from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
-from marrowdx.transport import PLAINTEXT, ClientSecurity
+from marrowdx.transport import PLAINTEXT, ClientSecurity, add_client_security_flags
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -57,7 +57,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            birth_date=args.birth_date or "", sex=args.sex or "",
                            placer_order_number=args.placer_order or "", filler_order_number=args.accession or "",
                            receiving_application=args.receiving_app, receiving_facility=args.receiving_facility)
-    security = ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file)
+    security = ClientSecurity.from_args(args)
     with _service(args.server) as address, Client(address, security=security if args.server else PLAINTEXT) as client:
         report = submit(client, info, files, as_crops=args.crops)
     outputs = write_outputs(report, context, args.out)
@@ -93,11 +93,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     with mllp.MllpReceiver(args.host, args.port, on_message=keep) as receiver:
         print(f"MLLP listening on {args.host}:{receiver.port}", file=sys.stderr, flush=True)
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            return 0
+        return wait_until_interrupted()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,10 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", help="idempotency key (default: from the case, accession and files)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--mllp", type=_hostport, help="HOST:PORT of the LIS MLLP listener")
-    p.add_argument("--tls-ca", type=Path)
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument("--token-file", type=Path)
+    add_client_security_flags(p)
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("resend", help="deliver a kept ORU again")
     p.add_argument("dir", type=Path)

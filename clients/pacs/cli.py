@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clients.foreground import wait_until_interrupted
 from clients.pacs.bridge import BridgeConfig, Destination, PacsBridge
 from clients.pacs.nodes import StoreSCP, echo, send_files
 from marrowdx import logging as mlog
-from marrowdx.transport import ClientSecurity
+from marrowdx.transport import ClientSecurity, add_client_security_flags
 
 
 def _node(value: str) -> Destination:
@@ -28,18 +29,14 @@ def _node(value: str) -> Destination:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    security = ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file)
+    security = ClientSecurity.from_args(args)
     config = BridgeConfig(spool_dir=args.spool, service_address=args.server, destination=args.destination,
                           host=args.host, port=args.port, ae_title=args.ae_title, idle_s=args.idle,
                           field_size=args.field_size, security=security)
     with PacsBridge(config) as bridge:
         print(f"marrowdx-pacs: {args.ae_title} on {args.host}:{bridge.port}, spool {args.spool} "
               "(research use only)", file=sys.stderr, flush=True)
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            return 0
+        return wait_until_interrupted()
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -59,11 +56,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     with StoreSCP(args.out, args.host, args.port, args.ae_title) as scp:
         print(f"storage SCP {args.ae_title} on {args.host}:{scp.port}, writing to {args.out}", file=sys.stderr, flush=True)
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            return 0
+        return wait_until_interrupted()
 
 
 def cmd_make_samples(args: argparse.Namespace) -> int:
@@ -159,10 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-title", default="MARROWDX")
     p.add_argument("--idle", type=float, default=30.0, help="seconds without a new image before a case runs")
     p.add_argument("--field-size", type=int, default=576, help="whole-slide region size in pixels")
-    p.add_argument("--tls-ca", type=Path)
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument("--token-file", type=Path)
+    add_client_security_flags(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("send", help="C-STORE DICOM files (a folder: every .dcm in it)")
     p.add_argument("files", nargs="+", type=Path)

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -163,11 +162,6 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
     return asyncio.run(run())
 
 
-def start_service(settings: Settings, state_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc, address = start_service_process(state_dir, settings.model_repository)
-    return proc, address
-
-
 def run_bench(images_paths: list[Path], quick: bool, soak_s: float, settings: Settings) -> dict:
     images = [p.read_bytes() for p in images_paths]
     cores = os.cpu_count() or 1
@@ -181,7 +175,7 @@ def run_bench(images_paths: list[Path], quick: bool, soak_s: float, settings: Se
     limit = measure_in_process(repo, images, workers=cores, seconds=seconds)
     result["in_process"] = limit
     state = Path(settings.state_dir) / "bench"
-    proc, address = start_service(settings, state)
+    proc, address = start_service_process(state, settings.model_repository)
     try:
         triton_pids = children(proc.pid)
         # The managed Triton's gRPC port is in its command line.

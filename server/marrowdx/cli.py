@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from marrowdx import logging as mlog
 from marrowdx.settings import PROJECT_ROOT, Settings
+from marrowdx.transport import add_client_security_flags
 
 DEMO_CASE = PROJECT_ROOT / "samples" / "demo-case"
 
@@ -43,8 +44,7 @@ def _security(args: argparse.Namespace):
 
     if not getattr(args, "server", None):
         return PLAINTEXT
-    return ClientSecurity.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
-                                   token_file=args.token_file, server_name=args.server_name)
+    return ClientSecurity.from_args(args)
 
 
 def _client(args: argparse.Namespace, address: str):
@@ -262,18 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     def stack_flags(p: argparse.ArgumentParser, server: bool = True) -> None:
         if server:
             p.add_argument("--server", help="HOST:PORT of a running service (default: start the embedded stack)")
-            client_security_flags(p)
+            add_client_security_flags(p)
         p.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (default: start the bundled tritonserver)")
         p.add_argument("--model-repository", type=Path)
         p.add_argument("--state-dir", type=Path, help="Triton backend folder, logs and the default database")
         p.add_argument("--database", type=Path, help="SQLite file for reports")
-
-    def client_security_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tls-ca", type=Path, help="CA of the server certificate (turns TLS on)")
-        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
-        p.add_argument("--token-file", type=Path, help="file holding a bearer token (or set MARROWDX_TOKEN)")
-        p.add_argument("--server-name", help="name to check the server certificate against")
 
     p = sub.add_parser("serve", help="run Triton and the gRPC front service")
     p.add_argument("--host")
@@ -310,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="fetch a stored report")
     p.add_argument("--server", required=True)
-    client_security_flags(p)
+    add_client_security_flags(p)
     p.add_argument("--report-id")
     p.add_argument("--accession")
     p.add_argument("--json", action="store_true")
@@ -356,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 when a running service is SERVING")
     p.add_argument("--server", required=True)
     p.add_argument("--timeout", type=float, default=3.0)
-    client_security_flags(p)
+    add_client_security_flags(p)
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("token", help="make a bearer token for a client and print its registry entry")

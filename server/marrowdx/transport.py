@@ -3,6 +3,7 @@ and a bearer token sent as ``authorization`` metadata on every call."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ class ClientSecurity:
             values["token"] = Path(str(token_file)).read_text().strip()
         return cls(**values)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientSecurity:
+        """From the flags ``add_client_security_flags`` defines, over the environment."""
+        return cls.from_env(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file,
+                            server_name=args.server_name)
+
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
@@ -55,6 +62,15 @@ class ClientSecurity:
 
 
 PLAINTEXT = ClientSecurity()
+
+
+def add_client_security_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every client command takes to reach a secured service."""
+    parser.add_argument("--tls-ca", type=Path, help="CA of the server certificate (turns TLS on)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
+    parser.add_argument("--token-file", type=Path, help="file holding a bearer token (or set MARROWDX_TOKEN)")
+    parser.add_argument("--server-name", help="name to check the server certificate against")
 
 
 def _options(security: ClientSecurity, max_message_mb: int) -> list[tuple[str, object]]:
