@@ -22,7 +22,7 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import IMAGE_SUFFIXES, Client
 from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
-from marrowdx.interop.dicom import VL_WHOLE_SLIDE, frames_as_png, slide_fields
+from marrowdx.interop.dicom import file_fields
 from marrowdx.interop.fhir import render_bundle
 from marrowdx.interop.hl7 import render_oru
 
@@ -54,9 +54,7 @@ def images_of(files: list[Path]) -> Iterator[pb.Image]:
             header = dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             raise ValueError(f"{path.name}: neither an image nor a DICOM file") from None
-        pngs = (png for png, _, _ in slide_fields([str(path)])) if str(header.get("SOPClassUID", "")) == VL_WHOLE_SLIDE \
-            else iter(frames_as_png(dcmread(path)))
-        for png in pngs:
+        for png, *_ in file_fields(path, header):
             yield pb.Image(data=png, image_id=f"{n:05d}.png")
             n += 1
 

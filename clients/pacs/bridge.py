@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
-from clients.pacs.spool import PendingCase, Spool
+from clients.pacs.spool import PendingCase, Spool, dataset_bytes
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
 from marrowdx.interop.dicom import (
@@ -40,10 +40,10 @@ from marrowdx.interop.dicom import (
     VL_WHOLE_SLIDE,
     DicomInputError,
     FieldOrigin,
+    file_fields,
     frames_as_png,
     render_annotations,
     render_sr,
-    slide_fields,
 )
 from marrowdx.transport import PLAINTEXT, ClientSecurity
 
@@ -136,14 +136,11 @@ class PacsBridge:
             return _status(CANNOT_UNDERSTAND, "cannot decode the data set")
         problem = check_instance(dataset)
         if problem:
-            from io import BytesIO
-
-            buffer = BytesIO()
             try:
-                dataset.save_as(buffer, enforce_file_format=True)
-            except Exception:
-                buffer = BytesIO(bytes(event.request.DataSet.getvalue()))
-            self.spool.reject(buffer.getvalue(), problem)
+                raw = dataset_bytes(dataset)
+            except Exception:  # keep what arrived, as it arrived
+                raw = bytes(event.request.DataSet.getvalue())
+            self.spool.reject(raw, problem)
             log.warning("pacs.rejected", reason=problem)
             return _status(DOES_NOT_MATCH_SOP_CLASS, problem)
         self.spool.accept(dataset)
@@ -209,19 +206,10 @@ class PacsBridge:
         return expected > 0 and len(case.files) >= expected
 
     def _fields(self, headers: list[Dataset], files: list[Path]):
-        """(PNG bytes, FieldOrigin) for every field of the case, one image in memory at a time."""
-        index = 0
+        """(PNG bytes, FieldOrigin or None where boxes cannot be annotated) for every field of the case."""
         for position, (header, path) in enumerate(zip(headers, files, strict=True)):
-            if str(header.SOPClassUID) == VL_WHOLE_SLIDE:
-                for png, x, y in slide_fields([str(path)], self.config.field_size):
-                    yield png, FieldOrigin(position, x, y)
-                    index += 1
-            else:
-                frames = frames_as_png(dcmread(path))
-                for png in frames:
-                    # Boxes on a multi-frame image would need a frame reference: annotate single frames only.
-                    yield png, FieldOrigin(position) if len(frames) == 1 else None
-                    index += 1
+            for png, x, y, annotatable in file_fields(path, header, self.config.field_size):
+                yield png, FieldOrigin(position, x, y) if annotatable else None
 
     def _process(self, case: PendingCase) -> None:
         headers = [dcmread(p, stop_before_pixels=True) for p in case.files]

@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset
@@ -34,6 +35,13 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    """A data set as a DICOM file (preamble and file meta), in memory."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def case_key(dataset: Dataset) -> str:
@@ -62,11 +70,7 @@ class Spool:
         folder = self.root / "incoming" / case_key(dataset)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        from io import BytesIO
-
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        _fsync_write(path, buffer.getvalue())
+        _fsync_write(path, dataset_bytes(dataset))
         return path
 
     def reject(self, raw: bytes, reason: str) -> Path:
@@ -93,12 +97,8 @@ class Spool:
         return folder
 
     def write_result(self, key: str, name: str, dataset: Dataset) -> Path:
-        from io import BytesIO
-
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
         path = self.outgoing(key) / name
-        _fsync_write(path, buffer.getvalue())
+        _fsync_write(path, dataset_bytes(dataset))
         return path
 
     def unsent(self) -> list[tuple[str, list[Path]]]:

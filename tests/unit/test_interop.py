@@ -217,3 +217,22 @@ def test_every_threshold_is_carried_even_a_zero_one(report):
     assert all(name in note for name in names) and "overlap_iou 0" in note
     device = next(e.resource for e in render_bundle(report, CONTEXT).entry if e.resource.get_resource_type() == "Device")
     assert {p.type.text for p in device.property} == {f"threshold:{n}" for n in names}
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_grey_images_become_one_rgb_png_per_frame(frames):
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = _sources()[0]  # 120 x 160
+    image.SamplesPerPixel, image.PhotometricInterpretation = 1, "MONOCHROME2"
+    del image.PlanarConfiguration
+    if frames > 1:
+        image.NumberOfFrames = frames
+    image.PixelData = np.full((frames, 120, 160), 90, np.uint8).tobytes()
+    pngs = frames_as_png(image)
+    assert len(pngs) == frames
+    for png in pngs:
+        decoded = Image.open(BytesIO(png))
+        assert decoded.size == (160, 120) and decoded.mode == "RGB"

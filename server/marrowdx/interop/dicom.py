@@ -21,11 +21,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 from PIL import Image
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -66,10 +67,8 @@ def frames_as_png(dataset: Dataset) -> list[bytes]:
         pixels = dataset.pixel_array
     except Exception as exc:  # pydicom raises many kinds for broken pixel data
         raise DicomInputError(f"pixel data cannot be decoded: {exc}") from None
-    if pixels.ndim == 2 or (pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1)) > 1):
-        pixels = pixels[None] if pixels.ndim == 2 else pixels
-    if pixels.ndim == 3:
-        pixels = pixels[None]
+    if int(dataset.get("NumberOfFrames", 1) or 1) == 1:
+        pixels = pixels[None]  # one frame, grey (H, W) or colour (H, W, 3): give it the frame axis
     out = []
     for frame in pixels:
         if frame.ndim == 2:
@@ -80,6 +79,20 @@ def frames_as_png(dataset: Dataset) -> list[bytes]:
         Image.fromarray(frame[..., :3]).save(buffer, "PNG")
         out.append(buffer.getvalue())
     return out
+
+
+def file_fields(path: Path, header: Dataset, field_size: int = 576) -> Iterator[tuple[bytes, float, float, bool]]:
+    """The fields of one DICOM smear file, one image in memory at a time, as
+    (PNG bytes, x, y, annotatable): whole-slide images region by region at their
+    offset; other images frame by frame. Boxes on one frame of a multi-frame image
+    would need a frame reference, so only single frames are annotatable."""
+    if str(header.get("SOPClassUID", "")) == VL_WHOLE_SLIDE:
+        for png, x, y in slide_fields([str(path)], field_size):
+            yield png, x, y, True
+        return
+    frames = frames_as_png(dcmread(path))
+    for png in frames:
+        yield png, 0.0, 0.0, len(frames) == 1
 
 
 def smear_image(rgb: np.ndarray, patient_id: str, accession: str, study_uid: str, series_uid: str,
