@@ -7,9 +7,7 @@ qualified haematologist.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,8 +17,10 @@ from clients.lis.submit import deliver, input_files, request_id_for, submit, wri
 from marrowdx import logging as mlog
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
+from marrowdx.embedded import given_or_embedded
 from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
+from marrowdx.settings import Settings
 from marrowdx.transport import PLAINTEXT, ClientSecurity, add_client_security_flags
 
 
@@ -29,20 +29,6 @@ def _hostport(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r}: want HOST:PORT")
     return host, int(port)
-
-
-@contextlib.contextmanager
-def _service(server: str | None) -> Iterator[str]:
-    """The given service, or the embedded stack (Triton + service on loopback) for trying it out."""
-    if server:
-        yield server
-        return
-    from marrowdx.embedded import embedded_service
-    from marrowdx.settings import Settings
-
-    print("no --server: starting the embedded stack (tritonserver + service)...", file=sys.stderr)
-    with embedded_service(Settings.from_env()) as address:
-        yield address
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -58,7 +44,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            placer_order_number=args.placer_order or "", filler_order_number=args.accession or "",
                            receiving_application=args.receiving_app, receiving_facility=args.receiving_facility)
     security = ClientSecurity.from_args(args)
-    with _service(args.server) as address, Client(address, security=security if args.server else PLAINTEXT) as client:
+    with given_or_embedded(args.server, Settings.from_env()) as address, Client(address, security=security if args.server else PLAINTEXT) as client:
         report = submit(client, info, files, as_crops=args.crops)
     outputs = write_outputs(report, context, args.out)
     print(f"report {report.report_id}: {report.cells_counted} cells counted; {report.conclusion}")

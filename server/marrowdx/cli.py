@@ -55,13 +55,9 @@ def _client(args: argparse.Namespace, address: str):
 
 @contextlib.contextmanager
 def _service(args: argparse.Namespace) -> Iterator[str]:
-    if args.server:
-        yield args.server
-        return
-    from marrowdx.embedded import embedded_service
+    from marrowdx.embedded import given_or_embedded
 
-    print("starting the embedded stack (tritonserver + front service)...", file=sys.stderr)
-    with embedded_service(_settings(args)) as address:
+    with given_or_embedded(args.server, _settings(args)) as address:
         yield address
 
 

@@ -66,3 +66,17 @@ def embedded_service(settings: Settings, start_timeout_s: float = 180.0) -> Iter
     """Yields the loopback address of a running service; stops it on exit."""
     with embedded_stack(settings, start_timeout_s) as stack:
         yield stack.address
+
+
+@contextlib.contextmanager
+def given_or_embedded(server: str | None, settings: Settings) -> Iterator[str]:
+    """``server`` when one is given; otherwise the embedded stack (Triton + service on
+    loopback), for commands a user tries without a running service."""
+    if server:
+        yield server
+        return
+    import sys
+
+    print("no --server: starting the embedded stack (tritonserver + front service)...", file=sys.stderr)
+    with embedded_service(settings) as address:
+        yield address

@@ -46,10 +46,6 @@ def _note(parent: Group, text: str, index: int) -> None:
     nte.nte_3 = _esc(text)
 
 
-def _status(report: pb.CaseReport, context: OrderContext) -> str:
-    return "F" if context.final else "P"
-
-
 def _observation(order: Group, set_id: int, value_type: str, code: Coding, value: str, status: str,
                  units: Coding | None = None, sub_id: str = "") -> Group:
     group = order.add_group("ORU_R01_OBSERVATION")
@@ -73,7 +69,7 @@ def _observation(order: Group, set_id: int, value_type: str, code: Coding, value
 def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "") -> str:
     """The ORU^R01 as ER7 text (segments separated by carriage returns)."""
     codes = code_table()
-    status = _status(report, context)
+    status = "F" if context.final else "P"  # preliminary until a reviewer signs
     message = Message("ORU_R01", version=VERSION)
     msh = message.msh
     msh.msh_3 = _esc(context.sending_application)
