@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from training.models import CellClassifier, CellDetector, DihedralAverage  # noqa: E402
 
-DETECTOR_INPUT, CROP = 320, 96
+DETECTOR_INPUT = 320
+# The classifier's input side, as exported (crop_size in its config).
+CROP = int(re.search(r'key: "crop_size" value \{ string_value: "(\d+)"',
+                     (ROOT / "model_repository" / "classifier" / "config.pbtxt").read_text()).group(1))
 
 
 def letterbox(path: Path) -> np.ndarray:

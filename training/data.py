@@ -20,7 +20,14 @@ from marrowdx.imaging.crops import frame_dataset_crop, resize_crop
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("MARROWDX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+# Crops are cached a little larger than the network input so random scale and
+# rotation have real pixels to draw from (112 for the 96 px input).
+CACHE_MARGIN = 112 / 96
 CROP_CACHE_SIZE = 112
+
+
+def cache_size_for(crop_size: int) -> int:
+    return round(crop_size * CACHE_MARGIN)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
@@ -51,14 +58,14 @@ def frame_crop(image: Image.Image, dataset: str, size: int = CROP_CACHE_SIZE) ->
     return resize_crop(frame_dataset_crop(image.convert("RGB"), dataset), size)
 
 
-def load_crop_cache(items: list[CropItem]) -> np.ndarray:
-    """Decoded, framed crops for these items (N x 112 x 112 x 3), cached as one .npy."""
+def load_crop_cache(items: list[CropItem], size: int = CROP_CACHE_SIZE) -> np.ndarray:
+    """Decoded, framed crops for these items (N x size x size x 3), cached as one .npy."""
     key = hashlib.sha1("\n".join(str(i.path) for i in items).encode()).hexdigest()[:12]
-    cache = CACHE_DIR / f"crops-{CROP_CACHE_SIZE}-{key}.npy"
+    cache = CACHE_DIR / f"crops-{size}-{key}.npy"
     if cache.exists():
         return np.load(cache)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    array = np.stack([frame_crop(Image.open(i.path), i.dataset) for i in items])
+    array = np.stack([frame_crop(Image.open(i.path), i.dataset, size) for i in items])
     np.save(cache, array)
     return array
 

@@ -31,7 +31,7 @@ from training.models import CellClassifier, CellDetector, DihedralAverage, dihed
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-CLASSIFIER_CROP = 96
+DEFAULT_CLASSIFIER_CROP = 96
 DETECTOR_INPUT = 320
 MODEL_PY = '''"""Triton Python-backend entry point; the implementation lives in marrowdx.
 
@@ -56,8 +56,8 @@ def _tensor(kind: str, name: str, dtype: str, dims: list[int]) -> str:
     return f'{kind} [ {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }} ]\n'
 
 
-def classifier_io(num_classes: int) -> str:
-    return _tensor("input", "CROPS", "TYPE_UINT8", [CLASSIFIER_CROP, CLASSIFIER_CROP, 3]) + _tensor(
+def classifier_io(num_classes: int, crop_size: int) -> str:
+    return _tensor("input", "CROPS", "TYPE_UINT8", [crop_size, crop_size, 3]) + _tensor(
         "output", "PROBS", "TYPE_FP32", [num_classes]
     )
 
@@ -134,15 +134,23 @@ def detection_difference(eager, other, score_floor: float = 0.3) -> float:
     return worst
 
 
-def refit_temperature(model: DihedralAverage, data: Path, taxonomy) -> None:
+def trained_crop_size(checkpoint: Path) -> int:
+    """The input side the checkpoint was trained at (its run's summary.json; 96 before it was recorded)."""
+    summary = checkpoint.parent / "summary.json"
+    if summary.exists():
+        return int(json.loads(summary.read_text()).get("crop_size", DEFAULT_CLASSIFIER_CROP))
+    return DEFAULT_CLASSIFIER_CROP
+
+
+def refit_temperature(model: DihedralAverage, data: Path, taxonomy, crop_size: int) -> None:
     """Averaging 8 views makes probabilities under-confident: refit the temperature of
     the averaged output on the val split (never on test), as training did for one view."""
     from training.train_classifier import fit_temperature, load_split, target_mask
 
-    items, crops = load_split(data, taxonomy, "val")
+    items, crops = load_split(data, taxonomy, "val", crop_size=crop_size)
     inner = model.classifier
     with torch.no_grad():
-        batches = [resize_nhwc(crops[i : i + 256], CLASSIFIER_CROP).round().to(torch.uint8)
+        batches = [resize_nhwc(crops[i : i + 256], crop_size).round().to(torch.uint8)
                    for i in range(0, len(crops), 256)]
         logits = torch.cat([torch.stack([inner.logits(v) for v in dihedral_views(b)]) for b in batches], dim=1)
     temperature = fit_temperature(logits, target_mask(items, taxonomy))
@@ -150,12 +158,12 @@ def refit_temperature(model: DihedralAverage, data: Path, taxonomy) -> None:
     print(f"temperature refitted for the 8-view average on val: {temperature:.4f}")
 
 
-def sample_crops(n: int = 8) -> np.ndarray:
+def sample_crops(crop_size: int, n: int = 8) -> np.ndarray:
     """Real crops for the equality check (random noise has nothing to detect or name)."""
     files = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))[:: 40][:n]
     if not files:
-        return np.random.default_rng(0).integers(0, 256, (4, CLASSIFIER_CROP, CLASSIFIER_CROP, 3), dtype=np.uint8)
-    return np.stack([resize_crop(Image.open(f).convert("RGB"), CLASSIFIER_CROP) for f in files])
+        return np.random.default_rng(0).integers(0, 256, (4, crop_size, crop_size, 3), dtype=np.uint8)
+    return np.stack([resize_crop(Image.open(f).convert("RGB"), crop_size) for f in files])
 
 
 def sample_fields() -> np.ndarray:
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--detector", type=Path, required=True)
     p.add_argument("--version", required=True, help="weights version reported by the service")
     p.add_argument("--repo", type=Path, default=REPO)
-    p.add_argument("--example-crops", type=Path, help=".npy of real crops (N x 96 x 96 x 3) for the equality check")
+    p.add_argument("--example-crops", type=Path, help=".npy of real crops (N x S x S x 3, S the crop size) for the equality check")
+    p.add_argument("--crop-size", type=int, help="classifier input side (default: the one it was trained at)")
     p.add_argument("--example-fields", type=Path, help=".npy of real letterboxed fields (N x 320 x 320 x 3)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="to list the classes with real training data")
     p.add_argument("--tta", action="store_true", help="average the 8 dihedral views of each crop inside the graph")
@@ -182,25 +191,26 @@ def main(argv: list[str] | None = None) -> None:
     taxonomy = default_taxonomy()
     torch.manual_seed(0)
 
+    crop_size = args.crop_size or trained_crop_size(args.classifier)
     classifier = CellClassifier(len(taxonomy.codes))
     classifier.load_state_dict(torch.load(args.classifier, map_location="cpu"))
     classifier.eval()
     if args.tta:
         classifier = DihedralAverage(classifier).eval()
-        refit_temperature(classifier, args.data, taxonomy)
+        refit_temperature(classifier, args.data, taxonomy, crop_size)
     detector = CellDetector(len(taxonomy.detector_categories))
     detector.load_state_dict(torch.load(args.detector, map_location="cpu"))
     detector.eval()
 
-    crops = torch.from_numpy(np.load(args.example_crops) if args.example_crops else sample_crops())
+    crops = torch.from_numpy(np.load(args.example_crops) if args.example_crops else sample_crops(crop_size))
     fields = torch.from_numpy(np.load(args.example_fields) if args.example_fields else sample_fields())
     common = {"weights_version": args.version, "taxonomy_version": taxonomy.version}
     trained = sorted({code for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
                       if (args.data / folder).is_dir()
                       for item in index_crops(args.data / folder, dataset, taxonomy) if item.split == "train"
                       for code in item.targets})
-    export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes)), 256, args.queue_us,
-                 {**common, "crop_size": str(CLASSIFIER_CROP), "temperature": f"{float(classifier.temperature):.4f}",
+    export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes), crop_size), 256, args.queue_us,
+                 {**common, "crop_size": str(crop_size), "temperature": f"{float(classifier.temperature):.4f}",
                   "test_time_augmentation": "dihedral8" if args.tta else "none",
                   "classes": ",".join(taxonomy.codes),
                   "trained_classes": ",".join(c for c in taxonomy.codes if c in trained)}, args.repo,

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
 from marrowdx.evaluation.metrics import classification_report
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
-from training.data import CropItem, index_crops, load_crop_cache, training_arguments
+from training.data import CropItem, cache_size_for, index_crops, load_crop_cache, training_arguments
 from training.models import CellClassifier
 
-CROP_SIZE = 96
+DEFAULT_CROP_SIZE = 96
 DATASETS = ("matek", "pbc")
 DATA_FOLDERS = {"matek": "matek_bm", "pbc": "pbc"}
 
@@ -45,7 +45,8 @@ def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None,
-               datasets: tuple[str, ...] = DATASETS) -> tuple[list[CropItem], torch.Tensor]:
+               datasets: tuple[str, ...] = DATASETS,
+               crop_size: int = DEFAULT_CROP_SIZE) -> tuple[list[CropItem], torch.Tensor]:
     items: list[CropItem] = []
     for dataset in datasets:
         ds_items = [i for i in index_crops(data_root / DATA_FOLDERS[dataset], dataset, taxonomy) if i.split == split]
@@ -53,13 +54,14 @@ def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | Non
             # Spread a limited selection over the classes (smoke tests), deterministically.
             ds_items = ds_items[:: max(1, len(ds_items) // limit)][:limit]
         items += ds_items
-    return items, torch.from_numpy(load_crop_cache(items))
+    return items, torch.from_numpy(load_crop_cache(items, cache_size_for(crop_size)))
 
 
 @torch.no_grad()
-def predict_logits(model: CellClassifier, crops_uint8: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def predict_logits(model: CellClassifier, crops_uint8: torch.Tensor, crop_size: int = DEFAULT_CROP_SIZE,
+                   batch: int = 256) -> torch.Tensor:
     model.eval()
-    out = [model.logits(resize_nhwc(crops_uint8[i : i + batch], CROP_SIZE)) for i in range(0, len(crops_uint8), batch)]
+    out = [model.logits(resize_nhwc(crops_uint8[i : i + batch], crop_size)) for i in range(0, len(crops_uint8), batch)]
     return torch.cat(out)
 
 
@@ -105,13 +107,15 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     datasets = tuple(args.datasets.split(","))
-    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets)
-    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets)
+    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
+    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
     print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs")
 
     model = CellClassifier(len(taxonomy.codes))
     if args.init:
+        # Global pooling makes the weights size-agnostic: a checkpoint trained on
+        # smaller crops is a fine start for larger ones.
         model.load_state_dict(torch.load(args.init, map_location="cpu"))
         model.temperature.fill_(1.0)
     steps_per_epoch = max(1, len(train_items) // args.batch)
@@ -130,7 +134,7 @@ def train(args: argparse.Namespace) -> dict:
             if step >= total:
                 break
             idx = order[b * args.batch : (b + 1) * args.batch]
-            x = random_affine(train_x[idx].float(), CROP_SIZE, (0.8, 1.15), gen)
+            x = random_affine(train_x[idx].float(), args.crop_size, (0.8, 1.15), gen)
             x = random_blur(stain_jitter(x, gen), gen)
             loss = set_nll(model.logits(x), train_mask[idx])
             opt.zero_grad()
@@ -140,7 +144,7 @@ def train(args: argparse.Namespace) -> dict:
             step += 1
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
-        reports = dataset_reports(val_items, predict_logits(model, val_x), taxonomy)
+        reports = dataset_reports(val_items, predict_logits(model, val_x, args.crop_size), taxonomy)
         score = float(np.mean([r["macro_f1"] for r in reports.values()]))
         record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
                   **{f"val_{d}_{k}": r[k] for d, r in reports.items() for k in ("accuracy", "macro_f1")}}
@@ -152,12 +156,12 @@ def train(args: argparse.Namespace) -> dict:
             torch.save(model.state_dict(), out / "best.pt")
 
     model.load_state_dict(torch.load(out / "best.pt"))
-    val_logits = predict_logits(model, val_x)
+    val_logits = predict_logits(model, val_x, args.crop_size)
     temperature = fit_temperature(val_logits, val_mask)
     model.temperature.fill_(temperature)
     torch.save(model.state_dict(), out / "best.pt")
     summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
-               "taxonomy_version": taxonomy.version, "seed": args.seed, "datasets": list(datasets),
+               "taxonomy_version": taxonomy.version, "seed": args.seed, "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
@@ -169,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training_arguments(p, out="training/runs/classifier", epochs=18, batch=64, lr=4e-3)
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: matek,pbc")
     p.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
+    p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
     return p.parse_args(argv)
 
 

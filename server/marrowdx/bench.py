@@ -38,7 +38,7 @@ from marrowdx.loadgen import LoadConfig, run_load
 from marrowdx.procinfo import children, descendants, peak_rss_mb, rss_mb, start_service_process
 from marrowdx.settings import PROJECT_ROOT, Settings
 
-DETECTOR_INPUT, CROP = 320, 96
+DETECTOR_INPUT = 320
 
 
 NUCLEATED = default_taxonomy().detector_categories.index("nucleated")
@@ -64,6 +64,7 @@ class InProcessModels:
         opts.inter_op_num_threads = 1
         self.detector = ort.InferenceSession(str(repo / "detector/1/model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.classifier = ort.InferenceSession(str(repo / "classifier/1/model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.crop_size = int(self.classifier.get_inputs()[0].shape[1])
         self.thresholds = Thresholds()
         self.limits = Limits(10**9, 10**9, 1)
 
@@ -76,7 +77,7 @@ class InProcessModels:
         model_s = time.perf_counter() - t
         chosen = cells_to_classify(rgb, frame, boxes[0], scores[0], cats[0], self.thresholds)
         if len(chosen):
-            crops = np.stack([square_crop(rgb, b, CROP) for b in chosen])
+            crops = np.stack([square_crop(rgb, b, self.crop_size) for b in chosen])
             t = time.perf_counter()
             self.classifier.run(["PROBS"], {"CROPS": crops})
             model_s += time.perf_counter() - t
@@ -130,6 +131,7 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
 
     async def run() -> dict:
         client = grpcclient.InferenceServerClient(url)
+        crop_size = int((await client.get_model_metadata("classifier")).inputs[0].shape[1])
         done = cells = 0
         deadline = time.perf_counter() + seconds
 
@@ -147,7 +149,7 @@ def measure_triton_direct(url: str, images: list[bytes], concurrency: int, secon
                 boxes, scores, cats = await infer("detector", "IMAGE", framed[None], ["BOXES", "SCORES", "CATEGORIES"])
                 chosen = cells_to_classify(rgb, frame, boxes[0], scores[0], cats[0], local.thresholds)
                 if len(chosen):
-                    crops = np.stack([square_crop(rgb, b, CROP) for b in chosen])
+                    crops = np.stack([square_crop(rgb, b, crop_size) for b in chosen])
                     await infer("classifier", "CROPS", crops, ["PROBS"])
                 done += 1
                 cells += len(chosen)

@@ -16,7 +16,9 @@ CONTRACT = {
     "detector": ({"IMAGE": (model_config_pb2.TYPE_UINT8, [320, 320, 3])},
                  {"BOXES": model_config_pb2.TYPE_FP32, "SCORES": model_config_pb2.TYPE_FP32,
                   "CATEGORIES": model_config_pb2.TYPE_INT32, "COUNT": model_config_pb2.TYPE_INT32}),
-    "classifier": ({"CROPS": (model_config_pb2.TYPE_UINT8, [96, 96, 3])}, {"PROBS": model_config_pb2.TYPE_FP32}),
+    # The crop side is the one the classifier was trained at: its crop_size parameter.
+    "classifier": ({"CROPS": (model_config_pb2.TYPE_UINT8, ["crop_size", "crop_size", 3])},
+                   {"PROBS": model_config_pb2.TYPE_FP32}),
 }
 
 
@@ -37,9 +39,11 @@ def test_config_matches_the_contract(path):
     assert config.max_batch_size > 0
     assert config.HasField("dynamic_batching")
     inputs, outputs = CONTRACT[config.name]
-    assert {i.name: (i.data_type, list(i.dims)) for i in config.input} == inputs
-    assert {o.name: o.data_type for o in config.output} == outputs
     params = {k: v.string_value for k, v in config.parameters.items()}
+    expected = {name: (dtype, [int(params[d]) if isinstance(d, str) else d for d in dims])
+                for name, (dtype, dims) in inputs.items()}
+    assert {i.name: (i.data_type, list(i.dims)) for i in config.input} == expected
+    assert {o.name: o.data_type for o in config.output} == outputs
     assert params["weights_version"]
     assert params["taxonomy_version"] == default_taxonomy().version
 
@@ -52,6 +56,11 @@ def test_classifier_outputs_are_the_taxonomy_in_order():
         assert params["classes"].split(",") == list(tax.codes)
         assert [o.dims for o in config.output][0] == [len(tax.codes)]
         assert set(params["trained_classes"].split(",")) <= set(tax.codes)
+
+
+def test_every_classifier_variant_takes_the_same_crop_size():
+    sizes = {parse(p).input[0].dims[0] for p in REPO.rglob("classifier/config.pbtxt")}
+    assert len(sizes) == 1
 
 
 def test_detector_categories_match_the_taxonomy():

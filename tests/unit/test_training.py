@@ -20,8 +20,9 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
     args = train_classifier.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
-                                        "--limit", "8", "--batch", "8", "--quiet"])
+                                        "--limit", "8", "--batch", "8", "--crop-size", "64", "--quiet"])
     summary = train_classifier.train(args)
+    assert summary["crop_size"] == 64
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["epochs"] >= 1
     assert "val_matek_accuracy" in json.loads(lines[0])
@@ -36,9 +37,9 @@ def test_detector_smoke_trains(shared_data, tmp_path):
     assert summary["steps"] == 2 and (tmp_path / "best.pt").exists()
 
 
-def _sample_crops(n: int) -> np.ndarray:
+def _sample_crops(n: int, side: int = 96) -> np.ndarray:
     files = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))[:n]
-    return np.stack([np.asarray(Image.open(f).convert("RGB").resize((96, 96))) for f in files])
+    return np.stack([np.asarray(Image.open(f).convert("RGB").resize((side, side))) for f in files])
 
 
 def test_export_outputs_equal_eager(tmp_path):
@@ -57,6 +58,20 @@ def test_export_outputs_equal_eager(tmp_path):
     crops = torch.from_numpy(_sample_crops(6))
     diffs = export.check_equal(classifier.eval(), "classifier", crops, repo)
     assert diffs["onnx"] < 1e-4 and diffs["torchscript"] < 1e-5
+
+
+def test_export_serves_the_crop_size_the_classifier_was_trained_at(tmp_path):
+    torch.manual_seed(0)
+    torch.save(CellClassifier(24).state_dict(), tmp_path / "c.pt")
+    (tmp_path / "summary.json").write_text(json.dumps({"crop_size": 80}))
+    torch.save(CellDetector(4).state_dict(), tmp_path / "d.pt")
+    repo = tmp_path / "repo"
+    export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "test",
+                 "--repo", str(repo), "--data", str(tmp_path)])
+    for path in repo.rglob("classifier/config.pbtxt"):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert list(config.input[0].dims) == [80, 80, 3]
+        assert config.parameters["crop_size"].string_value == "80"
 
 
 def test_detection_difference_sees_a_moved_box():
