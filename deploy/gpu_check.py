@@ -29,12 +29,19 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from training.models import CellClassifier, CellDetector, DihedralAverage  # noqa: E402
+from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage  # noqa: E402
 
 DETECTOR_INPUT = 320
-# The classifier's input side, as exported (crop_size in its config).
-CROP = int(re.search(r'key: "crop_size" value \{ string_value: "(\d+)"',
-                     (ROOT / "model_repository" / "classifier" / "config.pbtxt").read_text()).group(1))
+
+
+def classifier_param(key: str) -> str | None:
+    """A parameter of the exported classifier's config.pbtxt."""
+    text = (ROOT / "model_repository" / "classifier" / "config.pbtxt").read_text()
+    found = re.search(rf'key: "{key}" value {{ string_value: "([^"]*)"', text)
+    return found.group(1) if found else None
+
+
+CROP = int(classifier_param("crop_size"))  # the classifier's input side, as exported
 
 
 def letterbox(path: Path) -> np.ndarray:
@@ -57,6 +64,10 @@ def eager_from(scripted: torch.jit.ScriptModule, kind: str) -> torch.nn.Module:
     state = scripted.state_dict()
     if kind == "detector":
         model = CellDetector(state["heatmap.1.weight"].shape[0])
+    elif any(k.startswith("members.") for k in state):
+        sizes = [int(v) for v in classifier_param("ensemble_crop_sizes").split(",")]
+        classes = state["members.0.classifier.head.weight"].shape[0]
+        model = ClassifierEnsemble([CellClassifier(classes) for _ in sizes], sizes)
     else:
         model = DihedralAverage(CellClassifier(state["classifier.head.weight"].shape[0]))
     # A traced DihedralAverage also lists its temperature property at the top level.

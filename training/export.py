@@ -27,7 +27,7 @@ from marrowdx.imaging.crops import resize_crop
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT, index_crops
-from training.models import CellClassifier, CellDetector, DihedralAverage, dihedral_views
+from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -142,20 +142,19 @@ def trained_crop_size(checkpoint: Path) -> int:
     return DEFAULT_CLASSIFIER_CROP
 
 
-def refit_temperature(model: DihedralAverage, data: Path, taxonomy, crop_size: int) -> None:
-    """Averaging 8 views makes probabilities under-confident: refit the temperature of
-    the averaged output on the val split (never on test), as training did for one view."""
+def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, taxonomy, crop_size: int) -> None:
+    """Averaging views (and members) makes probabilities under-confident: refit one temperature
+    for the averaged output on the val split (never on test), as training did for one view."""
     from training.train_classifier import fit_temperature, load_split, target_mask
 
     items, crops = load_split(data, taxonomy, "val", crop_size=crop_size)
-    inner = model.classifier
     with torch.no_grad():
         batches = [resize_nhwc(crops[i : i + 256], crop_size).round().to(torch.uint8)
                    for i in range(0, len(crops), 256)]
-        logits = torch.cat([torch.stack([inner.logits(v) for v in dihedral_views(b)]) for b in batches], dim=1)
+        logits = torch.cat([model.view_logits(b) for b in batches], dim=1)
     temperature = fit_temperature(logits, target_mask(items, taxonomy))
-    inner.temperature.fill_(temperature)
-    print(f"temperature refitted for the 8-view average on val: {temperature:.4f}")
+    model.set_temperature(temperature)
+    print(f"temperature refitted for the {logits.shape[0]}-view average on val: {temperature:.4f}")
 
 
 def sample_crops(crop_size: int, n: int = 8) -> np.ndarray:
@@ -175,7 +174,8 @@ def sample_fields() -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classifier", type=Path, required=True)
+    p.add_argument("--classifier", type=Path, required=True, nargs="+",
+                   help="checkpoint; several make an ensemble (mean probability; needs --tta)")
     p.add_argument("--detector", type=Path, required=True)
     p.add_argument("--version", required=True, help="weights version reported by the service")
     p.add_argument("--repo", type=Path, default=REPO)
@@ -191,12 +191,23 @@ def main(argv: list[str] | None = None) -> None:
     taxonomy = default_taxonomy()
     torch.manual_seed(0)
 
-    crop_size = args.crop_size or trained_crop_size(args.classifier)
-    classifier = CellClassifier(len(taxonomy.codes))
-    classifier.load_state_dict(torch.load(args.classifier, map_location="cpu"))
-    classifier.eval()
+    if len(args.classifier) > 1 and not args.tta:
+        raise SystemExit("an ensemble of classifiers is exported with --tta")
+    members, sizes = [], []
+    for checkpoint in args.classifier:
+        member = CellClassifier(len(taxonomy.codes))
+        member.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        members.append(member.eval())
+        sizes.append(trained_crop_size(checkpoint))
+    crop_size = args.crop_size or max(sizes)
+    classifier: torch.nn.Module = members[0]
+    extra: dict[str, str] = {}
+    if len(members) > 1:
+        classifier = ClassifierEnsemble(members, sizes).eval()
+        extra = {"ensemble_crop_sizes": ",".join(map(str, sizes))}
+    elif args.tta:
+        classifier = DihedralAverage(members[0]).eval()
     if args.tta:
-        classifier = DihedralAverage(classifier).eval()
         refit_temperature(classifier, args.data, taxonomy, crop_size)
     detector = CellDetector(len(taxonomy.detector_categories))
     detector.load_state_dict(torch.load(args.detector, map_location="cpu"))
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                       for code in item.targets})
     export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes), crop_size), 256, args.queue_us,
                  {**common, "crop_size": str(crop_size), "temperature": f"{float(classifier.temperature):.4f}",
-                  "test_time_augmentation": "dihedral8" if args.tta else "none",
+                  "test_time_augmentation": "dihedral8" if args.tta else "none", **extra,
                   "classes": ",".join(taxonomy.codes),
                   "trained_classes": ",".join(c for c in taxonomy.codes if c in trained)}, args.repo,
                  cpu_instances=args.classifier_instances)

@@ -176,3 +176,47 @@ class DihedralAverage(nn.Module):
         n = crops_uint8_nhwc.shape[0]
         probs = self.classifier(torch.cat(dihedral_views(crops_uint8_nhwc), dim=0))
         return probs.reshape(8, n, -1).mean(dim=0)
+
+    def view_logits(self, crops: torch.Tensor) -> torch.Tensor:
+        """8 x N x C logits of the views whose probabilities forward averages (temperature fitting)."""
+        return torch.stack([self.classifier.logits(v) for v in dihedral_views(crops)])
+
+    def set_temperature(self, value: float) -> None:
+        self.classifier.temperature.fill_(value)
+
+
+class ClassifierEnsemble(nn.Module):
+    """Several classifiers, each averaged over its 8 views, their probabilities averaged.
+
+    Crops arrive at the largest member's input size; a member trained on smaller
+    crops gets them resized inside the graph, so the serving contract stays one
+    crop size. Members share one temperature, fitted on the averaged output.
+    """
+
+    def __init__(self, members: list[CellClassifier], sizes: list[int]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(DihedralAverage(m) for m in members)
+        self.sizes = list(sizes)
+        self.input_size = max(sizes)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.members[0].temperature
+
+    def _sized(self, crops: torch.Tensor, size: int) -> torch.Tensor:
+        if size == self.input_size:
+            return crops
+        nchw = F.interpolate(crops.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
+        return nchw.permute(0, 2, 3, 1)  # stays float: PixelNorm takes either
+
+    def forward(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        probs = [member(self._sized(crops_uint8_nhwc, size)) for member, size in zip(self.members, self.sizes, strict=True)]
+        return torch.stack(probs).mean(dim=0)
+
+    def view_logits(self, crops: torch.Tensor) -> torch.Tensor:
+        """(8 x members) x N x C: the mean of all their probabilities is what forward returns."""
+        return torch.cat([m.view_logits(self._sized(crops, s)) for m, s in zip(self.members, self.sizes, strict=True)])
+
+    def set_temperature(self, value: float) -> None:
+        for member in self.members:
+            member.set_temperature(value)

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from training import export, train_classifier, train_detector
-from training.models import CellClassifier, CellDetector
+from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -72,6 +73,34 @@ def test_export_serves_the_crop_size_the_classifier_was_trained_at(tmp_path):
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
         assert list(config.input[0].dims) == [80, 80, 3]
         assert config.parameters["crop_size"].string_value == "80"
+
+
+def test_an_ensemble_averages_its_members_and_fits_one_temperature_over_all_views():
+    torch.manual_seed(0)
+    small, large = CellClassifier(24).eval(), CellClassifier(24).eval()
+    ensemble = ClassifierEnsemble([small, large], [64, 80]).eval()
+    ensemble.set_temperature(1.7)
+    crops = torch.from_numpy(_sample_crops(4, side=80))
+    with torch.no_grad():
+        out = ensemble(crops)
+        shrunk = torch.nn.functional.interpolate(crops.permute(0, 3, 1, 2).float(), size=(64, 64), mode="bilinear",
+                                                 align_corners=False).permute(0, 2, 3, 1)
+        members = (DihedralAverage(small)(shrunk) + DihedralAverage(large)(crops)) / 2
+        from_views = torch.softmax(ensemble.view_logits(crops) / 1.7, dim=2).mean(0)
+    assert ensemble.view_logits(crops).shape[0] == 16
+    assert torch.allclose(out, members, atol=1e-6)
+    assert torch.allclose(out, from_views, atol=1e-6)
+    assert float(small.temperature) == float(large.temperature) == pytest.approx(1.7)
+
+
+def test_an_exported_ensemble_equals_eager(tmp_path):
+    torch.manual_seed(1)
+    ensemble = ClassifierEnsemble([CellClassifier(24), CellClassifier(24)], [64, 80]).eval()
+    crops = torch.from_numpy(_sample_crops(3, side=80))
+    export.export_model(ensemble, "classifier", crops, ["CROPS"], ["PROBS"], export.classifier_io(24, 80), 8, 0,
+                        {"weights_version": "test"}, tmp_path)
+    diffs = export.check_equal(ensemble, "classifier", crops, tmp_path)
+    assert diffs["onnx"] < 1e-4 and diffs["torchscript"] < 1e-5
 
 
 def test_detection_difference_sees_a_moved_box():
