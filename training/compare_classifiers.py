@@ -1,6 +1,8 @@
 """Compare classifier runs on the val split, as they would be served (mean
 probability over the 8 rotations and flips), and their average: the choice
-of the committed classifier is made here, never on test.
+of the committed classifier is made here, never on test. Also prints what
+each costs to serve (crops/s on one thread, batch 64, as ratios to the first
+run measured in the same process).
 
     python -m training.compare_classifiers training/runs/classifier training/runs/classifier-128 \
         --json docs/metrics/classifier_selection_val.json
@@ -10,28 +12,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from marrowdx.domain.taxonomy import default_taxonomy
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT
 from training.export import trained_crop_size
-from training.models import CellClassifier, DihedralAverage
+from training.models import CellClassifier, ClassifierEnsemble, DihedralAverage
 from training.train_classifier import dataset_reports, load_split
 
 
-@torch.no_grad()
-def served_probabilities(run: Path, crops: torch.Tensor, classes: int, batch: int = 128) -> torch.Tensor:
-    """8-view mean probabilities of the run's best checkpoint, crops resized to its trained size."""
+def load_run(run: Path, classes: int) -> CellClassifier:
     model = CellClassifier(classes)
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu"))
-    served = DihedralAverage(model.eval()).eval()
-    size = trained_crop_size(run / "best.pt")
-    out = [served(resize_nhwc(crops[i : i + batch], size).round().to(torch.uint8)) for i in range(0, len(crops), batch)]
+    return model.eval()
+
+
+@torch.no_grad()
+def served_probabilities(model: torch.nn.Module, size: int, crops: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """Probabilities of a served model, crops resized to its input size."""
+    out = [model(resize_nhwc(crops[i : i + batch], size).round().to(torch.uint8)) for i in range(0, len(crops), batch)]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def crops_per_second(model: torch.nn.Module, size: int, crops: torch.Tensor, repeats: int = 3) -> float:
+    batch = resize_nhwc(crops[:64], size).round().to(torch.uint8)
+    model(batch)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(batch)
+        best = min(best, time.perf_counter() - start)
+    return len(batch) / best
 
 
 def summary(items, probs: torch.Tensor, taxonomy) -> dict:
@@ -45,21 +61,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--limit", type=int, help="at most this many crops per dataset (smoke tests)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     taxonomy = default_taxonomy()
     # One source size for all: the largest any run was trained at, downscaled per run.
-    largest = max(trained_crop_size(r / "best.pt") for r in args.runs)
-    items, crops = load_split(args.data, taxonomy, "val", crop_size=largest)
-    results, all_probs = {}, []
-    for run in args.runs:
-        probs = served_probabilities(run, crops, len(taxonomy.codes))
-        all_probs.append(probs)
-        results[str(run)] = {"crop_size": trained_crop_size(run / "best.pt"), **summary(items, probs, taxonomy)}
-        print(json.dumps({str(run): results[str(run)]}))
+    sizes = [trained_crop_size(r / "best.pt") for r in args.runs]
+    items, crops = load_split(args.data, taxonomy, "val", args.limit, crop_size=max(sizes))
+    members = [load_run(r, len(taxonomy.codes)) for r in args.runs]
+    candidates = {str(r): (DihedralAverage(m).eval(), s) for r, m, s in zip(args.runs, members, sizes, strict=True)}
     if len(args.runs) > 1:
-        results["mean_of_all"] = summary(items, torch.stack(all_probs).mean(0), taxonomy)
-        print(json.dumps({"mean_of_all": results["mean_of_all"]}))
+        candidates["ensemble_of_all"] = (ClassifierEnsemble(members, sizes).eval(), max(sizes))
+    results = {}
+    torch.set_num_threads(1)
+    speeds = {name: crops_per_second(model, size, crops) for name, (model, size) in candidates.items()}
+    torch.set_num_threads(args.threads)
+    first = speeds[str(args.runs[0])]
+    for name, (model, size) in candidates.items():
+        probs = served_probabilities(model, size, crops)
+        results[name] = {"crop_size": size, **summary(items, probs, taxonomy),
+                         "crops_per_s_1_thread": round(speeds[name], 1), "speed_vs_first": round(speeds[name] / first, 3)}
+        print(json.dumps({name: results[name]}))
     report = {"split": "val", "views": 8, "n": len(items), "runs": results,
               "note": "model selection only; the reported figures are on the test split"}
     if args.json:
@@ -69,5 +91,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

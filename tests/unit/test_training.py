@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from training import export, train_classifier, train_detector
+from training import compare_classifiers, export, train_classifier, train_detector
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -101,6 +101,24 @@ def test_an_exported_ensemble_equals_eager(tmp_path):
                         {"weights_version": "test"}, tmp_path)
     diffs = export.check_equal(ensemble, "classifier", crops, tmp_path)
     assert diffs["onnx"] < 1e-4 and diffs["torchscript"] < 1e-5
+
+
+def test_comparison_scores_each_run_and_their_ensemble_on_val(shared_data, tmp_path):
+    torch.manual_seed(2)
+    runs = []
+    for name, side in (("small", 48), ("large", 64)):
+        (tmp_path / name).mkdir()
+        torch.save(CellClassifier(24).state_dict(), tmp_path / name / "best.pt")
+        (tmp_path / name / "summary.json").write_text(json.dumps({"crop_size": side}))
+        runs.append(str(tmp_path / name))
+    out = tmp_path / "selection.json"
+    compare_classifiers.main([*runs, "--data", str(shared_data), "--limit", "12", "--threads", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["split"] == "val"
+    assert set(report["runs"]) == {*runs, "ensemble_of_all"}
+    assert report["runs"]["ensemble_of_all"]["crop_size"] == 64
+    assert report["runs"][runs[0]]["speed_vs_first"] == 1.0
+    assert 0.0 <= report["runs"][runs[1]]["matek"]["accuracy"] <= 1.0
 
 
 def test_detection_difference_sees_a_moved_box():
