@@ -63,7 +63,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     if not url:
         triton = await asyncio.to_thread(start_triton, settings.model_repository, settings.state_dir)
         url = triton.url
-    models = TritonModels(url, settings.triton_timeout_s)
+    models = TritonModels(url, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight)
     try:
         await models.load_contract(taxonomy.version, taxonomy.codes, taxonomy.detector_categories)
     except BaseException:

@@ -41,7 +41,11 @@ class Settings:
     model_repository: Path = field(default_factory=_default_repository)
     state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var")
     triton_timeout_s: float = 30.0
-    classify_batch: int = 128
+    # Crops per classifier request and requests in flight per field or case: small requests
+    # keep each call far inside triton_timeout_s (a crop costs tens of ms on CPU) and let
+    # the model instances share a case.
+    classify_batch: int = 32
+    classify_in_flight: int = 2
     # counting and thresholds
     detection_score: float = 0.31  # lowest with precision >= 0.98 on TXL-PBC *train* fields (training.choose_threshold)
     reject_probability: float = 0.5
@@ -53,6 +57,11 @@ class Settings:
     database: Path | None = None  # default: state_dir / reports.sqlite3
     log_level: str = "info"
     log_json: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("classify_batch", "classify_in_flight", "max_in_flight"):
+            if getattr(self, name, 1) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     @property
     def database_path(self) -> Path:

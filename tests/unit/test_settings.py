@@ -28,3 +28,11 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"MARROWDX_PORT": "lots"})
     with pytest.raises(ValueError, match="MARROWDX_LOG_JSON"):
         Settings.from_env({"MARROWDX_LOG_JSON": "maybe"})
+
+
+def test_request_sizes_and_limits_must_be_positive():
+    with pytest.raises(ValueError, match="classify_batch"):
+        Settings.from_env({"MARROWDX_CLASSIFY_BATCH": "0"})
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Settings(max_in_flight=0)
+    assert Settings.from_env({"MARROWDX_CLASSIFY_IN_FLIGHT": "3"}).classify_in_flight == 3

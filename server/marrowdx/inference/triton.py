@@ -66,9 +66,11 @@ EXPECTED_TENSORS = {
 
 
 class TritonModels:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, classify_batch: int = 32, classify_in_flight: int = 2) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.classify_batch = classify_batch
+        self.classify_in_flight = classify_in_flight
         self._client = grpcclient.InferenceServerClient(url)
         self.detector: ModelInfo | None = None
         self.classifier: ModelInfo | None = None
@@ -131,7 +133,16 @@ class TritonModels:
         return Detections(boxes, scores, categories)
 
     async def classify(self, crops: np.ndarray) -> np.ndarray:
-        limit = self.classifier.max_batch_size if self.classifier else 64
-        parts = [(await self._infer(CLASSIFIER, "CROPS", crops[i : i + limit], ["PROBS"]))[0]
-                 for i in range(0, len(crops), limit)]
+        """Probabilities for the crops, in order. A case's crops go in small requests, a few
+        in flight: each request then stays far inside the timeout (on CPU a crop costs tens of
+        milliseconds with the 8-view average), the model instances share the work, and
+        Triton's dynamic batcher can still merge requests from concurrent fields and cases."""
+        limit = min(self.classify_batch, self.classifier.max_batch_size if self.classifier else self.classify_batch)
+        gate = asyncio.Semaphore(self.classify_in_flight)
+
+        async def one(chunk: np.ndarray) -> np.ndarray:
+            async with gate:
+                return (await self._infer(CLASSIFIER, "CROPS", chunk, ["PROBS"]))[0]
+
+        parts = await asyncio.gather(*(one(crops[i : i + limit]) for i in range(0, len(crops), limit)))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
