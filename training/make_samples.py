@@ -4,7 +4,8 @@
 
 - samples/demo-case/crops/: a bone-marrow case of Matek crops never used for
   training (val and test splits) with a known composition (160 blasts among
-  400 cells, 40%), resized to the classifier's 96 px input;
+  400 cells, 40%), resized to 96 px to keep samples/ under 2 MB (the service
+  resizes submitted crops to the classifier's input, 128 px since 2026.11.27c);
 - samples/fields/: three TXL-PBC validation fields with their YOLO labels.
 Deterministic: the same files every time. Licences: see samples/ATTRIBUTION.md.
 """
