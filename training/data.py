@@ -20,15 +20,17 @@ from marrowdx.imaging.crops import frame_dataset_crop, resize_crop
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("MARROWDX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 # Crops are cached a little larger than the network input so random scale and
-# rotation have real pixels to draw from (112 for the 96 px input).
+# rotation have real pixels to draw from (112 for a 96 px input).
 CACHE_MARGIN = 112 / 96
-CROP_CACHE_SIZE = 112
 
 
 def cache_size_for(crop_size: int) -> int:
     return round(crop_size * CACHE_MARGIN)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+CROP_CACHE_SIZE = cache_size_for(96)  # the detector's pasted crops
 
 
 

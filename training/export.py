@@ -28,10 +28,10 @@ from marrowdx.imaging.letterbox import letterbox
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT, index_crops
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
+from training.train_classifier import DEFAULT_CROP_SIZE, fit_temperature, load_split, target_mask
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-DEFAULT_CLASSIFIER_CROP = 96
 DETECTOR_INPUT = 320
 MODEL_PY = '''"""Triton Python-backend entry point; the implementation lives in marrowdx.
 
@@ -138,15 +138,13 @@ def trained_crop_size(checkpoint: Path) -> int:
     """The input side the checkpoint was trained at (its run's summary.json; 96 before it was recorded)."""
     summary = checkpoint.parent / "summary.json"
     if summary.exists():
-        return int(json.loads(summary.read_text()).get("crop_size", DEFAULT_CLASSIFIER_CROP))
-    return DEFAULT_CLASSIFIER_CROP
+        return int(json.loads(summary.read_text()).get("crop_size", DEFAULT_CROP_SIZE))
+    return DEFAULT_CROP_SIZE
 
 
 def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, taxonomy, crop_size: int) -> None:
     """Averaging views (and members) makes probabilities under-confident: refit one temperature
     for the averaged output on the val split (never on test), as training did for one view."""
-    from training.train_classifier import fit_temperature, load_split, target_mask
-
     items, crops = load_split(data, taxonomy, "val", crop_size=crop_size)
     with torch.no_grad():
         batches = [resize_nhwc(crops[i : i + 256], crop_size).round().to(torch.uint8)

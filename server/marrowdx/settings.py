@@ -60,7 +60,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("classify_batch", "classify_in_flight", "max_in_flight"):
-            if getattr(self, name, 1) < 1:
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     @property

@@ -137,7 +137,7 @@ class TritonModels:
         in flight: each request then stays far inside the timeout (on CPU a crop costs tens of
         milliseconds with the 8-view average), the model instances share the work, and
         Triton's dynamic batcher can still merge requests from concurrent fields and cases."""
-        limit = min(self.classify_batch, self.classifier.max_batch_size if self.classifier else self.classify_batch)
+        limit = min(self.classify_batch, self.classifier.max_batch_size) if self.classifier else self.classify_batch
         gate = asyncio.Semaphore(self.classify_in_flight)
 
         async def one(chunk: np.ndarray) -> np.ndarray:
