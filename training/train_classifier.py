@@ -23,6 +23,7 @@ from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
 from marrowdx.evaluation.metrics import classification_report
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
 from training.data import CropItem, cache_size_for, index_crops, load_crop_cache, training_arguments
+from training.ema import WeightAverage
 from training.models import CellClassifier
 
 DEFAULT_CROP_SIZE = 96
@@ -122,6 +123,7 @@ def train(args: argparse.Namespace) -> dict:
     total = args.max_steps or steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+    average = WeightAverage(model, args.ema) if args.ema else None
     log = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - appended to every epoch
     best, step, epoch = -1.0, 0, 0
     while step < total:
@@ -141,10 +143,13 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if average:
+                average.update(model)
             step += 1
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
-        reports = dataset_reports(val_items, predict_logits(model, val_x, args.crop_size), taxonomy)
+        selected = average.model if average else model
+        reports = dataset_reports(val_items, predict_logits(selected, val_x, args.crop_size), taxonomy)
         score = float(np.mean([r["macro_f1"] for r in reports.values()]))
         record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
                   **{f"val_{d}_{k}": r[k] for d, r in reports.items() for k in ("accuracy", "macro_f1")}}
@@ -153,7 +158,7 @@ def train(args: argparse.Namespace) -> dict:
         print(json.dumps(record))
         if score > best:
             best = score
-            torch.save(model.state_dict(), out / "best.pt")
+            torch.save(selected.state_dict(), out / "best.pt")
 
     model.load_state_dict(torch.load(out / "best.pt"))
     val_logits = predict_logits(model, val_x, args.crop_size)
@@ -161,7 +166,7 @@ def train(args: argparse.Namespace) -> dict:
     model.temperature.fill_(temperature)
     torch.save(model.state_dict(), out / "best.pt")
     summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
-               "taxonomy_version": taxonomy.version, "seed": args.seed, "crop_size": args.crop_size, "datasets": list(datasets),
+               "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
@@ -173,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training_arguments(p, out="training/runs/classifier", epochs=18, batch=64, lr=4e-3)
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: matek,pbc")
     p.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="select and save an exponential moving average of the weights with this decay (0: off)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
     return p.parse_args(argv)
 

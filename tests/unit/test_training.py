@@ -14,6 +14,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from training import compare_classifiers, export, train_classifier, train_detector
+from training.ema import WeightAverage
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -21,14 +22,34 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
     args = train_classifier.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
-                                        "--limit", "8", "--batch", "8", "--crop-size", "64", "--quiet"])
+                                        "--limit", "8", "--batch", "8", "--crop-size", "64", "--ema", "0.9", "--quiet"])
     summary = train_classifier.train(args)
-    assert summary["crop_size"] == 64
+    assert summary["crop_size"] == 64 and summary["ema"] == 0.9
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["epochs"] >= 1
     assert "val_matek_accuracy" in json.loads(lines[0])
     assert (tmp_path / "best.pt").exists() and summary["temperature"] > 0
     assert "blast" in summary["trained_classes"] and "lymphoblast" not in summary["trained_classes"]
+
+
+def test_weight_average_moves_toward_the_model_by_one_minus_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.75)
+    start = {k: v.clone() for k, v in average.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.randn(8, 3))  # moves BatchNorm's statistics and step counter
+    average.update(model)
+    now = model.state_dict()
+    for name, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * start[name] + 0.25 * now[name])
+        else:
+            assert torch.equal(value, now[name])  # the step counter is copied, not averaged
+    assert not any(p.requires_grad for p in average.model.parameters())
+    with pytest.raises(ValueError):
+        WeightAverage(model, decay=1.0)
 
 
 def test_detector_smoke_trains(shared_data, tmp_path):
