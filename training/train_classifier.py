@@ -95,7 +95,7 @@ def fit_temperature(logits: torch.Tensor, mask: torch.Tensor) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def train(args: argparse.Namespace) -> dict:
