@@ -33,7 +33,6 @@ def cache_size_for(crop_size: int) -> int:
 CROP_CACHE_SIZE = cache_size_for(96)  # the detector's pasted crops
 
 
-
 @dataclass(frozen=True)
 class CropItem:
     path: Path

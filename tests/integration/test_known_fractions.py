@@ -3,11 +3,11 @@ with a known blast fraction, run through the real stack.
 
 The classifier under-calls blasts (recall 0.79 on the test split with
 2026.11.27d, and some more are rejected as low-confidence), so the *measured*
-fraction runs below the true one: the borderline case has 21% true blasts
-(measured 19.0%, 95% CI 15.3-23.3%; 22% measured 20.2%, so close to the
-threshold that no practical count would decide it, and the service rightly
-names no number). New weights move these: re-check the borderline case when
-the classifier changes.
+fraction runs below the true one: the positive case has 40% true blasts, the
+borderline one 21% (measured 19.0%, 95% CI 15.3-23.3%; 22% measured 20.2%, so
+close to the threshold that no practical count would decide it, and the
+service rightly names no number). New weights move these: re-check the
+borderline case when the classifier changes.
 """
 
 from __future__ import annotations
