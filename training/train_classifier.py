@@ -45,6 +45,31 @@ def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)).mean()
 
 
+def mixup_nll(logits: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor, lam: float) -> torch.Tensor:
+    """Set NLL for a mixup batch (Zhang et al. 2018): each image is lam of itself and
+    1 - lam of ``partner``'s image, so the loss is the same blend of both label sets."""
+    return lam * set_nll(logits, mask) + (1.0 - lam) * set_nll(logits, mask[partner])
+
+
+def sampling_weights(items: list[CropItem], dataset_weights: dict[str, float]) -> torch.Tensor:
+    """Per-crop draw weights: a dataset weighted 2 is drawn twice as often per crop.
+    Marrow (Matek) is the service's own domain, so it may be favoured over PBC."""
+    unknown = set(dataset_weights) - set(DATASETS)
+    if unknown:
+        raise ValueError(f"unknown dataset in weights: {sorted(unknown)}")
+    return torch.tensor([dataset_weights.get(item.dataset, 1.0) for item in items], dtype=torch.double)
+
+
+def parse_dataset_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        weights[name.strip()] = float(value)
+        if weights[name.strip()] <= 0:
+            raise ValueError(f"dataset weight must be positive: {part}")
+    return weights
+
+
 def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None,
                datasets: tuple[str, ...] = DATASETS,
                crop_size: int = DEFAULT_CROP_SIZE) -> tuple[list[CropItem], torch.Tensor]:
@@ -124,12 +149,17 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
     average = WeightAverage(model, args.ema) if args.ema else None
+    dataset_weights = parse_dataset_weights(args.dataset_weights)
+    draw_weights = sampling_weights(train_items, dataset_weights) if dataset_weights else None
     log = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - appended to every epoch
     best, step, epoch = -1.0, 0, 0
     while step < total:
         epoch += 1
         model.train()
-        order = torch.randperm(len(train_items), generator=gen)
+        if draw_weights is None:
+            order = torch.randperm(len(train_items), generator=gen)
+        else:
+            order = torch.multinomial(draw_weights, steps_per_epoch * args.batch, replacement=True, generator=gen)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=args.quiet)
         running = 0.0
         for b in bar:
@@ -138,7 +168,13 @@ def train(args: argparse.Namespace) -> dict:
             idx = order[b * args.batch : (b + 1) * args.batch]
             x = random_affine(train_x[idx].float(), args.crop_size, (0.8, 1.15), gen)
             x = random_blur(stain_jitter(x, gen), gen)
-            loss = set_nll(model.logits(x), train_mask[idx])
+            if args.mixup:
+                lam = float(np.random.beta(args.mixup, args.mixup))
+                partner = torch.randperm(len(idx), generator=gen)
+                x = lam * x + (1.0 - lam) * x[partner]
+                loss = mixup_nll(model.logits(x), train_mask[idx], partner, lam)
+            else:
+                loss = set_nll(model.logits(x), train_mask[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -166,7 +202,8 @@ def train(args: argparse.Namespace) -> dict:
     model.temperature.fill_(temperature)
     torch.save(model.state_dict(), out / "best.pt")
     summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
-               "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "crop_size": args.crop_size, "datasets": list(datasets),
+               "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "mixup": args.mixup,
+               "dataset_weights": dataset_weights, "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
@@ -180,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="select and save an exponential moving average of the weights with this decay (0: off)")
+    p.add_argument("--dataset-weights", default="",
+                   help="draw crops of a dataset more often, e.g. matek=2 (default: every crop once per epoch)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup with Beta(a, a) blend weights (0: off)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
     return p.parse_args(argv)
 

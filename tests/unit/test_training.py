@@ -22,9 +22,11 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
     args = train_classifier.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
-                                        "--limit", "8", "--batch", "8", "--crop-size", "64", "--ema", "0.9", "--quiet"])
+                                        "--limit", "8", "--batch", "8", "--crop-size", "64", "--ema", "0.9", "--quiet",
+                                        "--dataset-weights", "matek=2", "--mixup", "0.2"])
     summary = train_classifier.train(args)
     assert summary["crop_size"] == 64 and summary["ema"] == 0.9
+    assert summary["mixup"] == 0.2 and summary["dataset_weights"] == {"matek": 2.0}
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["epochs"] >= 1
     assert "val_matek_accuracy" in json.loads(lines[0])
@@ -50,6 +52,31 @@ def test_weight_average_moves_toward_the_model_by_one_minus_decay():
     assert not any(p.requires_grad for p in average.model.parameters())
     with pytest.raises(ValueError):
         WeightAverage(model, decay=1.0)
+
+
+def test_mixup_loss_blends_the_two_label_sets_by_lam():
+    logits = torch.randn(4, 5)
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    mask[torch.arange(4), torch.tensor([0, 1, 2, 3])] = True
+    mask[0, 4] = True  # a coarse (set-valued) label
+    partner = torch.tensor([2, 3, 0, 1])
+    own, other = train_classifier.set_nll(logits, mask), train_classifier.set_nll(logits, mask[partner])
+    assert not torch.isclose(own, other)
+    torch.testing.assert_close(train_classifier.mixup_nll(logits, mask, partner, 1.0), own)
+    torch.testing.assert_close(train_classifier.mixup_nll(logits, mask, partner, 0.0), other)
+    torch.testing.assert_close(train_classifier.mixup_nll(logits, mask, partner, 0.3), 0.3 * own + 0.7 * other)
+
+
+def test_dataset_weights_favour_one_dataset_and_refuse_nonsense():
+    items = [train_classifier.CropItem(path=Path(f"{d}.jpg"), dataset=d, folder="x", targets=("blast",), split="train")
+             for d in ("matek", "pbc", "matek")]
+    weights = train_classifier.sampling_weights(items, train_classifier.parse_dataset_weights("matek=2"))
+    assert weights.tolist() == [2.0, 1.0, 2.0]
+    assert train_classifier.parse_dataset_weights("") == {}
+    with pytest.raises(ValueError):
+        train_classifier.parse_dataset_weights("matek=0")
+    with pytest.raises(ValueError):
+        train_classifier.sampling_weights(items, {"raabin": 2.0})
 
 
 def test_detector_smoke_trains(shared_data, tmp_path):
