@@ -54,19 +54,19 @@ def mixup_nll(logits: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor, l
 def sampling_weights(items: list[CropItem], dataset_weights: dict[str, float]) -> torch.Tensor:
     """Per-crop draw weights: a dataset weighted 2 is drawn twice as often per crop.
     Marrow (Matek) is the service's own domain, so it may be favoured over PBC."""
-    unknown = set(dataset_weights) - set(DATASETS)
-    if unknown:
-        raise ValueError(f"unknown dataset in weights: {sorted(unknown)}")
     return torch.tensor([dataset_weights.get(item.dataset, 1.0) for item in items], dtype=torch.double)
 
 
 def parse_dataset_weights(text: str) -> dict[str, float]:
+    """``matek=2,pbc=1`` -> {"matek": 2.0, "pbc": 1.0}; checked before any data is loaded."""
     weights = {}
     for part in filter(None, text.split(",")):
-        name, _, value = part.partition("=")
-        weights[name.strip()] = float(value)
-        if weights[name.strip()] <= 0:
-            raise ValueError(f"dataset weight must be positive: {part}")
+        name, sep, value = (piece.strip() for piece in part.partition("="))
+        if not sep or name not in DATASETS:
+            raise ValueError(f"expected DATASET=WEIGHT with DATASET one of {', '.join(DATASETS)}: {part!r}")
+        weights[name] = float(value)
+        if weights[name] <= 0:
+            raise ValueError(f"dataset weight must be positive: {part!r}")
     return weights
 
 
@@ -133,6 +133,7 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     datasets = tuple(args.datasets.split(","))
+    dataset_weights = parse_dataset_weights(args.dataset_weights)
     train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
     val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
@@ -149,7 +150,6 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
     average = WeightAverage(model, args.ema) if args.ema else None
-    dataset_weights = parse_dataset_weights(args.dataset_weights)
     draw_weights = sampling_weights(train_items, dataset_weights) if dataset_weights else None
     log = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - appended to every epoch
     best, step, epoch = -1.0, 0, 0

@@ -76,7 +76,9 @@ def test_dataset_weights_favour_one_dataset_and_refuse_nonsense():
     with pytest.raises(ValueError):
         train_classifier.parse_dataset_weights("matek=0")
     with pytest.raises(ValueError):
-        train_classifier.sampling_weights(items, {"raabin": 2.0})
+        train_classifier.parse_dataset_weights("raabin=2")
+    with pytest.raises(ValueError):
+        train_classifier.parse_dataset_weights("matek")
 
 
 def test_detector_smoke_trains(shared_data, tmp_path):
