@@ -1,5 +1,8 @@
 """Batched augmentation in torch (one affine grid_sample for the whole batch),
 so the two training cores spend their time on the network, not on PIL.
+
+Random parameters are always drawn on the CPU generator and then moved to the
+images' device, so a run draws the same augmentations on a GPU as on the CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ def random_affine(images: torch.Tensor, out_size: int, scale: tuple[float, float
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
-    )
+    ).to(images.device)
     nchw = images.permute(0, 3, 1, 2)
     grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
     out = F.grid_sample(nchw, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -29,12 +32,12 @@ def random_affine(images: torch.Tensor, out_size: int, scale: tuple[float, float
 
 def stain_jitter(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Brightness, contrast, saturation and per-channel gain: differences between stains and scanners."""
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
     x = images / 255.0
-    gain = 1 + (torch.rand(n, 1, 1, 3, generator=generator) - 0.5) * 0.2 * strength
-    bright = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.3 * strength
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4 * strength
-    sat = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.6 * strength
+    gain = 1 + (torch.rand(n, 1, 1, 3, generator=generator).to(device) - 0.5) * 0.2 * strength
+    bright = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.3 * strength
+    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.4 * strength
+    sat = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.6 * strength
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
     gray = x.mean(dim=3, keepdim=True)
@@ -46,14 +49,14 @@ def stain_jitter(images: torch.Tensor, generator: torch.Generator, strength: flo
 def random_blur(images: torch.Tensor, generator: torch.Generator, p: float = 0.25, sigma_max: float = 1.5) -> torch.Tensor:
     """Gaussian blur on a random subset: out-of-focus fields."""
     n = images.shape[0]
-    chosen = torch.rand(n, generator=generator) < p
+    chosen = (torch.rand(n, generator=generator) < p).to(images.device)
     if not chosen.any():
         return images
     sigma = float(torch.empty(1).uniform_(0.5, sigma_max, generator=generator))
     radius = max(1, int(2 * sigma))
     xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(xs**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
+    kernel = (kernel / kernel.sum()).to(images.device, images.dtype)
     sel = images[chosen].permute(0, 3, 1, 2)
     c = sel.shape[1]
     sel = F.conv2d(F.pad(sel, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)

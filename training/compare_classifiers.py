@@ -21,14 +21,12 @@ from marrowdx.domain.taxonomy import default_taxonomy
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT
 from training.export import trained_crop_size
-from training.models import CellClassifier, ClassifierEnsemble, DihedralAverage
+from training.models import CellClassifier, ClassifierEnsemble, DihedralAverage, load_classifier
 from training.train_classifier import dataset_reports, load_split
 
 
 def load_run(run: Path, classes: int) -> CellClassifier:
-    model = CellClassifier(classes)
-    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu"))
-    return model.eval()
+    return load_classifier(torch.load(run / "best.pt", map_location="cpu"), classes).eval()
 
 
 @torch.no_grad()
@@ -62,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     p.add_argument("--limit", type=int, help="at most this many crops per dataset (smoke tests)")
+    p.add_argument("--no-ensemble", action="store_true", help="score the runs alone (an ensemble costs their sum)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     taxonomy = default_taxonomy()
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     items, crops = load_split(args.data, taxonomy, "val", args.limit, crop_size=max(sizes))
     members = [load_run(r, len(taxonomy.codes)) for r in args.runs]
     candidates = {str(r): (DihedralAverage(m).eval(), s) for r, m, s in zip(args.runs, members, sizes, strict=True)}
-    if len(args.runs) > 1:
+    if len(args.runs) > 1 and not args.no_ensemble:
         candidates["ensemble_of_all"] = (ClassifierEnsemble(members, sizes).eval(), max(sizes))
     results = {}
     torch.set_num_threads(1)

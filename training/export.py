@@ -27,7 +27,7 @@ from marrowdx.imaging.crops import resize_crop
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import resize_nhwc
 from training.data import DEFAULT_DATA_ROOT, index_crops
-from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
+from training.models import CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 from training.train_classifier import DEFAULT_CROP_SIZE, fit_temperature, load_split, target_mask
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("an ensemble of classifiers is exported with --tta")
     members, sizes = [], []
     for checkpoint in args.classifier:
-        member = CellClassifier(len(taxonomy.codes))
-        member.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        member = load_classifier(torch.load(checkpoint, map_location="cpu"), len(taxonomy.codes))
         members.append(member.eval())
         sizes.append(trained_crop_size(checkpoint))
     crop_size = args.crop_size or max(sizes)

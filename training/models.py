@@ -56,7 +56,7 @@ class CellClassifier(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
-        w = width
+        w = self.width = width
         self.norm = PixelNorm()
         self.features = nn.Sequential(
             conv_bn(3, w, 2),
@@ -78,6 +78,13 @@ class CellClassifier(nn.Module):
 
     def forward(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(crops_uint8_nhwc) / self.temperature, dim=1)
+
+
+def load_classifier(state_dict: dict[str, torch.Tensor], num_classes: int) -> CellClassifier:
+    """A CellClassifier of the width the weights were trained at (the stem's output channels)."""
+    model = CellClassifier(num_classes, width=state_dict["features.0.0.weight"].shape[0])
+    model.load_state_dict(state_dict)
+    return model
 
 
 class CellDetector(nn.Module):

@@ -4,6 +4,9 @@ val, fit the temperature on val, save a checkpoint.
     python -m training.train_classifier --epochs 18 --out training/runs/classifier
 
 Reproducible: fixed seed, deterministic split, one thread per process by default.
+On a GPU (``--device cuda --amp``, crops from a ``--pack`` made by
+training.crop_pack) the augmentations drawn are the same, but cuDNN kernels
+and bf16 rounding make the weights differ in their last bits from run to run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm import tqdm
 from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
 from marrowdx.evaluation.metrics import classification_report
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
+from training.crop_pack import read_pack
 from training.data import CropItem, cache_size_for, index_crops, load_crop_cache, training_arguments
 from training.ema import WeightAverage
 from training.models import CellClassifier
@@ -70,25 +74,43 @@ def parse_dataset_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def limited(items: list[CropItem], limit: int | None) -> list[CropItem]:
+    """Spread a limited selection over the classes (smoke tests), deterministically."""
+    return items[:: max(1, len(items) // limit)][:limit] if limit else items
+
+
 def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | None = None,
                datasets: tuple[str, ...] = DATASETS,
                crop_size: int = DEFAULT_CROP_SIZE) -> tuple[list[CropItem], torch.Tensor]:
     items: list[CropItem] = []
     for dataset in datasets:
-        ds_items = [i for i in index_crops(data_root / DATA_FOLDERS[dataset], dataset, taxonomy) if i.split == split]
-        if limit:
-            # Spread a limited selection over the classes (smoke tests), deterministically.
-            ds_items = ds_items[:: max(1, len(ds_items) // limit)][:limit]
-        items += ds_items
+        items += limited([i for i in index_crops(data_root / DATA_FOLDERS[dataset], dataset, taxonomy)
+                          if i.split == split], limit)
     return items, torch.from_numpy(load_crop_cache(items, cache_size_for(crop_size)))
+
+
+def pack_splits(pack: Path, limit: int | None, datasets: tuple[str, ...],
+                crop_size: int) -> dict[str, tuple[list[CropItem], torch.Tensor]]:
+    """The train and val splits from a crop pack, selected as load_split selects them."""
+    items, crops, size = read_pack(pack)
+    if size != cache_size_for(crop_size):
+        raise ValueError(f"{pack} holds {size} px crops; --crop-size {crop_size} needs {cache_size_for(crop_size)}")
+    splits = {}
+    for split in ("train", "val"):
+        rows = []
+        for dataset in datasets:
+            rows += limited([r for r, i in enumerate(items) if i.split == split and i.dataset == dataset], limit)
+        splits[split] = ([items[r] for r in rows], torch.from_numpy(crops[rows]))
+    return splits
 
 
 @torch.no_grad()
 def predict_logits(model: CellClassifier, crops_uint8: torch.Tensor, crop_size: int = DEFAULT_CROP_SIZE,
                    batch: int = 256) -> torch.Tensor:
     model.eval()
-    out = [model.logits(resize_nhwc(crops_uint8[i : i + batch], crop_size)) for i in range(0, len(crops_uint8), batch)]
-    return torch.cat(out)
+    out = [model.logits(resize_nhwc(crops_uint8[i : i + batch], crop_size)).float()
+           for i in range(0, len(crops_uint8), batch)]
+    return torch.cat(out).cpu()
 
 
 def dataset_reports(items: list[CropItem], logits: torch.Tensor, taxonomy: Taxonomy) -> dict:
@@ -123,31 +145,51 @@ def fit_temperature(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Checkpoints always hold CPU tensors, so export and evaluation load them anywhere."""
+    return {name: value.detach().cpu() for name, value in model.state_dict().items()}
+
+
 def train(args: argparse.Namespace) -> dict:
+    started = time.monotonic()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     taxonomy = default_taxonomy()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     datasets = tuple(args.datasets.split(","))
     dataset_weights = parse_dataset_weights(args.dataset_weights)
-    train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
-    val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
+    if args.pack:
+        splits = pack_splits(args.pack, args.limit, datasets, args.crop_size)
+        (train_items, train_x), (val_items, val_x) = splits["train"], splits["val"]
+    else:
+        train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
+        val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
-    print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs")
+    print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs, on {device}")
+    train_x, val_x, train_mask_on_device = train_x.to(device), val_x.to(device), train_mask.to(device)
 
-    model = CellClassifier(len(taxonomy.codes))
+    model = CellClassifier(len(taxonomy.codes), width=args.width)
     if args.init:
         # Global pooling makes the weights size-agnostic: a checkpoint trained on
         # smaller crops is a fine start for larger ones.
         model.load_state_dict(torch.load(args.init, map_location="cpu"))
         model.temperature.fill_(1.0)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     steps_per_epoch = max(1, len(train_items) // args.batch)
-    total = args.max_steps or steps_per_epoch * args.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    epochs = args.epochs
+    total = args.max_steps or steps_per_epoch * epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
     average = WeightAverage(model, args.ema) if args.ema else None
     draw_weights = sampling_weights(train_items, dataset_weights) if dataset_weights else None
@@ -166,15 +208,17 @@ def train(args: argparse.Namespace) -> dict:
             if step >= total:
                 break
             idx = order[b * args.batch : (b + 1) * args.batch]
-            x = random_affine(train_x[idx].float(), args.crop_size, (0.8, 1.15), gen)
-            x = random_blur(stain_jitter(x, gen), gen)
+            x = augmented(train_x, idx, args.crop_size, gen)
+            mask = train_mask_on_device[idx.to(device)]
             if args.mixup:
                 lam = float(np.random.beta(args.mixup, args.mixup))
-                partner = torch.randperm(len(idx), generator=gen)
+                partner = torch.randperm(len(idx), generator=gen).to(device)
                 x = lam * x + (1.0 - lam) * x[partner]
-                loss = mixup_nll(model.logits(x), train_mask[idx], partner, lam)
+                with autocast:
+                    loss = mixup_nll(model.logits(x), mask, partner, lam)
             else:
-                loss = set_nll(model.logits(x), train_mask[idx])
+                with autocast:
+                    loss = set_nll(model.logits(x), mask)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -194,20 +238,29 @@ def train(args: argparse.Namespace) -> dict:
         print(json.dumps(record))
         if score > best:
             best = score
-            torch.save(selected.state_dict(), out / "best.pt")
+            torch.save(cpu_state(selected), out / "best.pt")
+        if args.stop_after and time.monotonic() - started > args.stop_after:
+            print(f"stopping after epoch {epoch} of {epochs}: --stop-after {args.stop_after:.0f} s reached")
+            break
 
     model.load_state_dict(torch.load(out / "best.pt"))
     val_logits = predict_logits(model, val_x, args.crop_size)
     temperature = fit_temperature(val_logits, val_mask)
     model.temperature.fill_(temperature)
-    torch.save(model.state_dict(), out / "best.pt")
-    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "steps": step,
+    torch.save(cpu_state(model), out / "best.pt")
+    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "epochs_planned": epochs, "steps": step,
+               "width": args.width, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "device": device.type, "amp": args.amp,
                "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "mixup": args.mixup,
                "dataset_weights": dataset_weights, "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
+
+
+def augmented(crops: torch.Tensor, idx: torch.Tensor, crop_size: int, gen: torch.Generator) -> torch.Tensor:
+    x = random_affine(crops[idx.to(crops.device)].float(), crop_size, (0.8, 1.15), gen)
+    return random_blur(stain_jitter(x, gen), gen)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,6 +274,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="draw crops of a dataset more often, e.g. matek=2 (default: every crop once per epoch)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup with Beta(a, a) blend weights (0: off)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW's decoupled weight decay")
+    p.add_argument("--width", type=int, default=32, help="channels of the first stage (doubles at each of 3 stages)")
+    p.add_argument("--pack", type=Path, help="train/val crops from a training.crop_pack file instead of --data")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (GPU)")
+    p.add_argument("--stop-after", type=float, default=0.0,
+                   help="seconds: end early (and still save) when a shared machine ran slower than measured")
     return p.parse_args(argv)
 
 

@@ -3,6 +3,7 @@ TorchScript outputs equal the eager model's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from training import compare_classifiers, export, train_classifier, train_detector
+from training import compare_classifiers, crop_pack, export, train_classifier, train_detector
 from training.ema import WeightAverage
-from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage
+from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -32,6 +33,44 @@ def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
     assert "val_matek_accuracy" in json.loads(lines[0])
     assert (tmp_path / "best.pt").exists() and summary["temperature"] > 0
     assert "blast" in summary["trained_classes"] and "lymphoblast" not in summary["trained_classes"]
+
+
+def test_a_pack_carries_the_crops_and_their_labels(tmp_path):
+    crops = _sample_crops(5, side=75)
+    items = [train_classifier.CropItem(path=Path(f"/data/matek_bm/BLA/BLA_{i}.jpg"), dataset="matek", folder="BLA",
+                                       targets=("blast",), split="train" if i < 3 else "val") for i in range(5)]
+    crop_pack.write_pack(tmp_path / "pack.npz", items, crops)
+    read_items, read_crops, size = crop_pack.read_pack(tmp_path / "pack.npz")
+    assert size == 75 and read_crops.shape == crops.shape
+    assert [(i.path.name, i.folder, i.targets, i.split) for i in read_items] == \
+        [(i.path.name, i.folder, i.targets, i.split) for i in items]
+    # Lossy, but no further from the source than its own JPEG compression.
+    assert np.abs(read_crops.astype(float) - crops).mean() < 4.0
+    with pytest.raises(ValueError, match="test split"):
+        crop_pack.write_pack(tmp_path / "bad.npz", [dataclasses.replace(items[0], split="test")], crops[:1])
+
+
+def test_training_from_a_pack_stops_early_when_told_and_still_saves(shared_data, tmp_path):
+    crop_pack.main(["--data", str(shared_data), "--crop-size", "64", "--limit", "6", "--out", str(tmp_path / "p.npz")])
+    args = train_classifier.parse_args(["--pack", str(tmp_path / "p.npz"), "--out", str(tmp_path / "run"),
+                                        "--crop-size", "64", "--batch", "4", "--epochs", "3", "--stop-after", "1e-9",
+                                        "--width", "16", "--weight-decay", "0.05", "--quiet"])
+    summary = train_classifier.train(args)
+    assert summary["epochs"] == 1 and summary["epochs_planned"] == 3
+    assert summary["width"] == 16 and summary["weight_decay"] == 0.05
+    assert load_classifier(torch.load(tmp_path / "run" / "best.pt"), 24).width == 16
+    with pytest.raises(ValueError, match="needs 93"):
+        train_classifier.pack_splits(tmp_path / "p.npz", None, ("matek",), crop_size=80)
+
+
+def test_load_classifier_builds_the_width_the_weights_were_trained_at():
+    torch.manual_seed(3)
+    narrow = CellClassifier(24, width=20).eval()
+    loaded = load_classifier(narrow.state_dict(), 24).eval()
+    crops = torch.from_numpy(_sample_crops(2, side=64))
+    assert loaded.width == 20
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(crops), narrow(crops))
 
 
 def test_weight_average_moves_toward_the_model_by_one_minus_decay():
@@ -113,7 +152,7 @@ def test_export_outputs_equal_eager(tmp_path):
 
 def test_export_serves_the_crop_size_the_classifier_was_trained_at(tmp_path):
     torch.manual_seed(0)
-    torch.save(CellClassifier(24).state_dict(), tmp_path / "c.pt")
+    torch.save(CellClassifier(24, width=16).state_dict(), tmp_path / "c.pt")  # a width export must infer
     (tmp_path / "summary.json").write_text(json.dumps({"crop_size": 80}))
     torch.save(CellDetector(4).state_dict(), tmp_path / "d.pt")
     repo = tmp_path / "repo"
