@@ -1,13 +1,14 @@
 """Cases built from real held-out Matek crops (val and test splits, never trained on)
 with a known blast fraction, run through the real stack.
 
-The classifier under-calls blasts (recall 0.79 on the test split with
-2026.11.27d, and some more are rejected as low-confidence), so the *measured*
-fraction runs below the true one: the positive case has 40% true blasts, the
-borderline one 21% (measured 19.0%, 95% CI 15.3-23.3%; 22% measured 20.2%, so
-close to the threshold that no practical count would decide it, and the
-service rightly names no number). New weights move these: re-check the
-borderline case when the classifier changes.
+The classifier under-calls blasts (recall 0.77 on the test split with
+2026.11.27e, and some more are rejected as low-confidence), so the *measured*
+fraction runs below the true one: the positive case has 40% true blasts
+(measured 34.2%), the borderline one 21% (measured 18.3%, 95% CI 14.7-22.5%;
+22% measured 19.4%, CI 15.7-23.7%, so close to the threshold that no
+practical count would decide it, and the service rightly names no number).
+New weights move these: re-check the borderline case when the classifier
+changes.
 """
 
 from __future__ import annotations
