@@ -210,6 +210,21 @@ def test_comparison_scores_each_run_and_their_ensemble_on_val(shared_data, tmp_p
     assert 0.0 <= report["runs"][runs[1]]["matek"]["accuracy"] <= 1.0
 
 
+def test_comparison_can_score_runs_on_one_view_without_an_ensemble(shared_data, tmp_path):
+    torch.manual_seed(4)
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        torch.save(CellClassifier(24, width=8).state_dict(), tmp_path / name / "best.pt")
+        (tmp_path / name / "summary.json").write_text(json.dumps({"crop_size": 48}))
+        runs.append(str(tmp_path / name))
+    out = tmp_path / "single.json"
+    compare_classifiers.main([*runs, "--data", str(shared_data), "--limit", "6", "--threads", "1", "--single-view",
+                              "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["views"] == 1 and set(report["runs"]) == set(runs)
+
+
 def test_detection_difference_sees_a_moved_box():
     boxes = torch.tensor([[[10.0, 10.0, 50.0, 50.0], [0, 0, 1, 1]]])
     scores = torch.tensor([[0.9, 0.01]])
