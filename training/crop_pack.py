@@ -4,10 +4,15 @@ The lent GPU machine sees only the repository (64 MiB in all), not
 ../shared/data: the decoded crop cache at 149 px is over 500 MB and the
 source JPEGs 165 MB. WebP at quality 90 keeps the framed crops at about
 3.8 kB each (mean absolute pixel error ~2 of 255, what the source JPEGs
-already carry), ~32 MB for both splits. Test crops are never packed: the
+already carry), 36 MB for both splits. Test crops are never packed: the
 test split stays on this machine.
 
     python -m training.crop_pack --crop-size 128 --out var/pack/crops-149.npz
+
+The 2026.11.27e classifier was trained on that pack (quality 90), when the
+repository was 26 MB. With its 12 MB weights committed the repository is
+37 MB, so the same pack no longer fits beside it: pass --quality 85 (about
+24 MB, mean absolute error ~2.4) or less for the next GPU run.
 """
 
 from __future__ import annotations
