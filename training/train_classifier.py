@@ -188,7 +188,7 @@ def train(args: argparse.Namespace) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     steps_per_epoch = max(1, len(train_items) // args.batch)
     epochs = args.epochs
-    total = args.max_steps or steps_per_epoch * epochs
+    total = args.max_steps or steps_per_epoch * epochs  # fixed up front: one-cycle needs its length
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
     average = WeightAverage(model, args.ema) if args.ema else None
@@ -259,6 +259,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def augmented(crops: torch.Tensor, idx: torch.Tensor, crop_size: int, gen: torch.Generator) -> torch.Tensor:
+    """The training views of crops[idx]: rotation, flip, scale, shift, stain jitter, blur."""
     x = random_affine(crops[idx.to(crops.device)].float(), crop_size, (0.8, 1.15), gen)
     return random_blur(stain_jitter(x, gen), gen)
 
@@ -280,7 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (GPU)")
     p.add_argument("--stop-after", type=float, default=0.0,
-                   help="seconds: end early (and still save) when a shared machine ran slower than measured")
+                   help="seconds from start: end after the epoch that passes it, and still save (a guard "
+                        "against a lent machine's time limit; 0: off)")
     return p.parse_args(argv)
 
 
