@@ -174,7 +174,8 @@ def train(args: argparse.Namespace) -> dict:
         val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
     print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs, on {device}")
-    train_x, val_x, train_mask_on_device = train_x.to(device), val_x.to(device), train_mask.to(device)
+    # val_mask stays on the CPU, where the temperature is fitted.
+    train_x, val_x, train_mask = train_x.to(device), val_x.to(device), train_mask.to(device)
 
     model = CellClassifier(len(taxonomy.codes), width=args.width)
     if args.init:
@@ -187,8 +188,7 @@ def train(args: argparse.Namespace) -> dict:
         model.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     steps_per_epoch = max(1, len(train_items) // args.batch)
-    epochs = args.epochs
-    total = args.max_steps or steps_per_epoch * epochs  # fixed up front: one-cycle needs its length
+    total = args.max_steps or steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
     average = WeightAverage(model, args.ema) if args.ema else None
@@ -209,15 +209,14 @@ def train(args: argparse.Namespace) -> dict:
                 break
             idx = order[b * args.batch : (b + 1) * args.batch]
             x = augmented(train_x, idx, args.crop_size, gen)
-            mask = train_mask_on_device[idx.to(device)]
-            if args.mixup:
-                lam = float(np.random.beta(args.mixup, args.mixup))
-                partner = torch.randperm(len(idx), generator=gen).to(device)
-                x = lam * x + (1.0 - lam) * x[partner]
-                with autocast:
+            mask = train_mask[idx.to(device)]
+            with autocast:
+                if args.mixup:
+                    lam = float(np.random.beta(args.mixup, args.mixup))
+                    partner = torch.randperm(len(idx), generator=gen).to(device)
+                    x = lam * x + (1.0 - lam) * x[partner]
                     loss = mixup_nll(model.logits(x), mask, partner, lam)
-            else:
-                with autocast:
+                else:
                     loss = set_nll(model.logits(x), mask)
             opt.zero_grad()
             loss.backward()
@@ -240,7 +239,7 @@ def train(args: argparse.Namespace) -> dict:
             best = score
             torch.save(cpu_state(selected), out / "best.pt")
         if args.stop_after and time.monotonic() - started > args.stop_after:
-            print(f"stopping after epoch {epoch} of {epochs}: --stop-after {args.stop_after:.0f} s reached")
+            print(f"stopping after epoch {epoch} of {args.epochs}: --stop-after {args.stop_after:.0f} s reached")
             break
 
     model.load_state_dict(torch.load(out / "best.pt"))
@@ -248,7 +247,7 @@ def train(args: argparse.Namespace) -> dict:
     temperature = fit_temperature(val_logits, val_mask)
     model.temperature.fill_(temperature)
     torch.save(cpu_state(model), out / "best.pt")
-    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "epochs_planned": epochs, "steps": step,
+    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "epochs_planned": args.epochs, "steps": step,
                "width": args.width, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "device": device.type, "amp": args.amp,
                "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "mixup": args.mixup,
                "dataset_weights": dataset_weights, "crop_size": args.crop_size, "datasets": list(datasets),
