@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from marrowdx.domain.taxonomy import Taxonomy, default_taxonomy
 from marrowdx.evaluation.metrics import classification_report
+from marrowdx.imaging.crops import resize_crop
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
 from training.crop_pack import read_pack
 from training.data import CropItem, cache_size_for, index_crops, load_crop_cache, training_arguments
@@ -91,16 +93,22 @@ def load_split(data_root: Path, taxonomy: Taxonomy, split: str, limit: int | Non
 
 def pack_splits(pack: Path, limit: int | None, datasets: tuple[str, ...],
                 crop_size: int) -> dict[str, tuple[list[CropItem], torch.Tensor]]:
-    """The train and val splits from a crop pack, selected as load_split selects them."""
+    """The train and val splits from a crop pack, selected as load_split selects them.
+    A pack of larger crops also serves smaller crop sizes: one pack travels, and
+    its crops are scaled down as the cache scales the source images."""
     items, crops, size = read_pack(pack)
-    if size != cache_size_for(crop_size):
-        raise ValueError(f"{pack} holds {size} px crops; --crop-size {crop_size} needs {cache_size_for(crop_size)}")
+    needed = cache_size_for(crop_size)
+    if size < needed:
+        raise ValueError(f"{pack} holds {size} px crops; --crop-size {crop_size} needs {needed} or more")
     splits = {}
     for split in ("train", "val"):
         rows = []
         for dataset in datasets:
             rows += limited([r for r, i in enumerate(items) if i.split == split and i.dataset == dataset], limit)
-        splits[split] = ([items[r] for r in rows], torch.from_numpy(crops[rows]))
+        chosen = crops[rows]
+        if size > needed:
+            chosen = np.stack([resize_crop(Image.fromarray(crop), needed) for crop in chosen])
+        splits[split] = ([items[r] for r in rows], torch.from_numpy(chosen))
     return splits
 
 
