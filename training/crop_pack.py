@@ -11,8 +11,11 @@ test split stays on this machine.
 
 The 2026.11.27e classifier was trained on that pack (quality 90), when the
 repository was 26 MB. With its 12 MB weights committed the repository is
-37 MB, so the same pack no longer fits beside it: pass --quality 85 (about
-24 MB, mean absolute error ~2.4) or less for the next GPU run.
+37 MB, 35 MB of it weights. Round 3 (training/gpu_rounds/round3.txt) used one
+pack at --crop-size 192 --quality 85 (224 px, 43 MB), which also serves 160
+and 128 px runs (train_classifier scales it down); it travelled with the
+committed weights moved out of the working tree for the call (git checkout
+restores them).
 """
 
 from __future__ import annotations
