@@ -76,6 +76,28 @@ def parse_dataset_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def parse_train_fractions(text: str) -> dict[str, float]:
+    """``matek=0.5`` -> {"matek": 0.5}: the share of a dataset's train crops to keep."""
+    fractions = parse_dataset_weights(text)
+    if any(f > 1 for f in fractions.values()):
+        raise ValueError(f"a train fraction is at most 1: {text!r}")
+    return fractions
+
+
+def train_subset(items: list[CropItem], fractions: dict[str, float]) -> list[int]:
+    """Rows kept when only a fraction of a dataset's train crops is used (learning
+    curves): that fraction of each class, drawn in one fixed order, so smaller
+    subsets lie inside larger ones and every training seed sees the same crops."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row, item in enumerate(items):
+        groups.setdefault((item.dataset, item.folder), []).append(row)
+    kept = []
+    for (dataset, _), rows in sorted(groups.items()):
+        order = np.random.default_rng(0).permutation(len(rows))
+        kept += [rows[i] for i in order[: math.ceil(fractions.get(dataset, 1.0) * len(rows))]]
+    return sorted(kept)
+
+
 def limited(items: list[CropItem], limit: int | None) -> list[CropItem]:
     """Spread a limited selection over the classes (smoke tests), deterministically."""
     return items[:: max(1, len(items) // limit)][:limit] if limit else items
@@ -174,12 +196,16 @@ def train(args: argparse.Namespace) -> dict:
 
     datasets = tuple(args.datasets.split(","))
     dataset_weights = parse_dataset_weights(args.dataset_weights)
+    train_fractions = parse_train_fractions(args.train_fraction)
     if args.pack:
         splits = pack_splits(args.pack, args.limit, datasets, args.crop_size)
         (train_items, train_x), (val_items, val_x) = splits["train"], splits["val"]
     else:
         train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
         val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
+    if train_fractions:
+        kept = train_subset(train_items, train_fractions)
+        train_items, train_x = [train_items[r] for r in kept], train_x[kept]
     train_mask, val_mask = target_mask(train_items, taxonomy), target_mask(val_items, taxonomy)
     print(f"train {len(train_items)} crops, val {len(val_items)} crops, {len(taxonomy.codes)} outputs, on {device}")
     # val_mask stays on the CPU, where the temperature is fitted.
@@ -258,7 +284,8 @@ def train(args: argparse.Namespace) -> dict:
     summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "epochs_planned": args.epochs, "steps": step,
                "width": args.width, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "device": device.type, "amp": args.amp,
                "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "mixup": args.mixup,
-               "dataset_weights": dataset_weights, "crop_size": args.crop_size, "datasets": list(datasets),
+               "dataset_weights": dataset_weights, "train_fractions": train_fractions,
+               "train_crops": len(train_items), "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
@@ -280,6 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="select and save an exponential moving average of the weights with this decay (0: off)")
     p.add_argument("--dataset-weights", default="",
                    help="draw crops of a dataset more often, e.g. matek=2 (default: every crop once per epoch)")
+    p.add_argument("--train-fraction", default="",
+                   help="train on this share of a dataset's train crops, per class, e.g. matek=0.5 (learning curves)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup with Beta(a, a) blend weights (0: off)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW's decoupled weight decay")

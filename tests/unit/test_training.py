@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +54,17 @@ def test_a_pack_carries_the_crops_and_their_labels(tmp_path):
 
 
 def test_training_from_a_pack_stops_early_when_told_and_still_saves(shared_data, tmp_path):
-    crop_pack.main(["--data", str(shared_data), "--crop-size", "64", "--limit", "6", "--out", str(tmp_path / "p.npz")])
+    crop_pack.main(["--data", str(shared_data), "--crop-size", "64", "--limit", "16", "--out", str(tmp_path / "p.npz")])
     args = train_classifier.parse_args(["--pack", str(tmp_path / "p.npz"), "--out", str(tmp_path / "run"),
                                         "--crop-size", "64", "--batch", "4", "--epochs", "3", "--stop-after", "1e-9",
-                                        "--width", "16", "--weight-decay", "0.05", "--quiet"])
+                                        "--width", "16", "--weight-decay", "0.05", "--quiet", "--train-fraction", "pbc=0.5"])
     summary = train_classifier.train(args)
     assert summary["epochs"] == 1 and summary["epochs_planned"] == 3
+    # 16 train crops a dataset: all of Matek's, half of each PBC class's (rounded up).
+    pbc_folders = Counter(i.folder for i in crop_pack.read_pack(tmp_path / "p.npz")[0]
+                          if i.dataset == "pbc" and i.split == "train")
+    assert summary["train_fractions"] == {"pbc": 0.5}
+    assert summary["train_crops"] == 16 + sum(math.ceil(n / 2) for n in pbc_folders.values()) < 32
     assert summary["width"] == 16 and summary["weight_decay"] == 0.05
     assert load_classifier(torch.load(tmp_path / "run" / "best.pt"), 24).width == 16
     with pytest.raises(ValueError, match="needs 93 or more"):
@@ -129,6 +136,20 @@ def test_dataset_weights_favour_one_dataset_and_refuse_nonsense():
         train_classifier.parse_dataset_weights("raabin=2")
     with pytest.raises(ValueError):
         train_classifier.parse_dataset_weights("matek")
+
+
+def test_a_train_fraction_keeps_that_share_of_each_class_and_smaller_shares_nest():
+    items = [train_classifier.CropItem(path=Path(f"{d}{f}{i}.jpg"), dataset=d, folder=f, targets=("blast",),
+                                       split="train")
+             for d, f, n in (("matek", "BLA", 10), ("matek", "EOS", 4), ("pbc", "basophil", 6)) for i in range(n)]
+    half = train_classifier.train_subset(items, train_classifier.parse_train_fractions("matek=0.5"))
+    quarter = train_classifier.train_subset(items, {"matek": 0.25})
+    folders = [items[r].folder for r in half]
+    assert (folders.count("BLA"), folders.count("EOS"), folders.count("basophil")) == (5, 2, 6)
+    assert set(quarter) < set(half)
+    assert train_classifier.train_subset(items, {}) == list(range(len(items)))
+    with pytest.raises(ValueError, match="at most 1"):
+        train_classifier.parse_train_fractions("matek=1.5")
 
 
 def test_detector_smoke_trains(shared_data, tmp_path):
