@@ -17,7 +17,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from marrowdx.domain.taxonomy import default_taxonomy
-from training import compare_classifiers, crop_pack, export, train_classifier, train_detector
+from training import compare_classifiers, crop_pack, export, learning_curve, train_classifier, train_detector
 from training.ema import WeightAverage
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 
@@ -150,6 +150,23 @@ def test_a_train_fraction_keeps_that_share_of_each_class_and_smaller_shares_nest
     assert train_classifier.train_subset(items, {}) == list(range(len(items)))
     with pytest.raises(ValueError, match="at most 1"):
         train_classifier.parse_train_fractions("matek=1.5")
+
+
+def test_learning_curve_compares_runs_at_the_last_step_all_reached(tmp_path):
+    def log(name, accuracies, steps_per_epoch):
+        rows = [{"epoch": e + 1, "step": (e + 1) * steps_per_epoch, "val_matek_accuracy": a, "val_matek_macro_f1": a}
+                for e, a in enumerate(accuracies)]
+        (tmp_path / f"{name}_experiment_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / f"{name}_experiment_log.jsonl"
+
+    short = log("short", [0.5, 0.6, 0.7], 10)  # ends at step 30
+    long = log("long", [0.1, 0.2, 0.3, 0.4, 0.5, 0.9], 6)  # steps 6..36: 0.9 only after step 30
+    learning_curve.main([str(short), str(long), "--epochs", "2", "--json", str(tmp_path / "c.json")])
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["step"] == 30
+    assert report["runs"]["short"]["val_matek_accuracy"] == pytest.approx(0.65)
+    assert report["runs"]["long"]["val_matek_accuracy"] == pytest.approx(0.45)
+    assert report["runs"]["long"]["last_step"] == 30 and "val_pbc_accuracy" not in report["runs"]["long"]
 
 
 def test_detector_smoke_trains(shared_data, tmp_path):
