@@ -55,6 +55,27 @@ def index_crops(root: Path, dataset: str, taxonomy: Taxonomy) -> list[CropItem]:
     return items
 
 
+def folds_of(items: list[CropItem], folds: int) -> list[int]:
+    """Stratified cross-validation folds: within each class of each dataset the
+    crops, ordered by a hash of their name, are dealt to the folds in turn, so
+    every fold holds its share of every class, and the same crops get the same
+    folds in any order (the pack and the source images agree)."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, not {folds}")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row, item in enumerate(items):
+        groups.setdefault((item.dataset, item.folder), []).append(row)
+    def name_hash(row: int) -> str:
+        item = items[row]
+        return hashlib.sha1(f"{item.dataset}/{item.folder}/{item.path.name}".encode()).hexdigest()
+
+    fold = [0] * len(items)
+    for rows in groups.values():
+        for position, row in enumerate(sorted(rows, key=name_hash)):
+            fold[row] = position % folds
+    return fold
+
+
 def frame_crop(image: Image.Image, dataset: str, size: int = CROP_CACHE_SIZE) -> np.ndarray:
     return resize_crop(frame_dataset_crop(image.convert("RGB"), dataset), size)
 

@@ -3,6 +3,11 @@ val, fit the temperature on val, save a checkpoint.
 
     python -m training.train_classifier --epochs 18 --out training/runs/classifier
 
+Cross-fitting instead (training.crossfit): ``--train-splits train,val --folds 3
+--fold I`` trains on train and val less fold I and holds fold I out;
+without ``--folds`` nothing is held out, the last weights are kept and the
+temperature is left for training.crossfit to fit on the folds' held-out crops.
+
 Reproducible: fixed seed, deterministic split, one thread per process by default.
 On a GPU (``--device cuda --amp``, crops from a ``--pack`` made by
 training.crop_pack) the augmentations drawn are the same, but cuDNN kernels
@@ -28,7 +33,7 @@ from marrowdx.evaluation.metrics import classification_report
 from marrowdx.imaging.crops import resize_crop
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
 from training.crop_pack import read_pack
-from training.data import CropItem, cache_size_for, index_crops, load_crop_cache, training_arguments
+from training.data import CropItem, cache_size_for, folds_of, index_crops, load_crop_cache, training_arguments
 from training.ema import WeightAverage
 from training.models import CellClassifier
 
@@ -45,16 +50,20 @@ def target_mask(items: list[CropItem], taxonomy: Taxonomy) -> torch.Tensor:
     return mask
 
 
-def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """-log P(label set): a coarse label ('ig') rewards any of its fine classes."""
+def set_nll(logits: torch.Tensor, mask: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """-log P(label set): a coarse label ('ig') rewards any of its fine classes.
+    With ``smoothing`` e (Szegedy et al. 2016) the target is 1 - e on the set and e
+    spread evenly over all outputs, which keeps the logits from growing without end."""
     log_p = F.log_softmax(logits, dim=1)
-    return -(torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)).mean()
+    nll = -(torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)).mean()
+    return (1.0 - smoothing) * nll - smoothing * log_p.mean() if smoothing else nll
 
 
-def mixup_nll(logits: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor, lam: float) -> torch.Tensor:
+def mixup_nll(logits: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor, lam: float,
+              smoothing: float = 0.0) -> torch.Tensor:
     """Set NLL for a mixup batch (Zhang et al. 2018): each image is lam of itself and
     1 - lam of ``partner``'s image, so the loss is the same blend of both label sets."""
-    return lam * set_nll(logits, mask) + (1.0 - lam) * set_nll(logits, mask[partner])
+    return lam * set_nll(logits, mask, smoothing) + (1.0 - lam) * set_nll(logits, mask[partner], smoothing)
 
 
 def sampling_weights(items: list[CropItem], dataset_weights: dict[str, float]) -> torch.Tensor:
@@ -96,6 +105,29 @@ def train_subset(items: list[CropItem], fractions: dict[str, float]) -> list[int
         order = np.random.default_rng(0).permutation(len(rows))
         kept += [rows[i] for i in order[: math.ceil(fractions.get(dataset, 1.0) * len(rows))]]
     return sorted(kept)
+
+
+def held_out(splits: dict[str, tuple[list[CropItem], torch.Tensor]], train_splits: tuple[str, ...],
+             folds: int = 0, fold: int = 0) -> tuple[tuple[list[CropItem], torch.Tensor], tuple[list[CropItem], torch.Tensor]]:
+    """(train, held-out) crops. By default train is the train split and val is held
+    out. With val among ``train_splits`` the splits are pooled: with ``folds``,
+    fold ``fold`` of the pool is held out (cross-fitting); without, nothing is."""
+    if "val" not in train_splits:
+        if folds:
+            raise ValueError("--folds splits the pooled train and val crops: give --train-splits train,val")
+        return splits["train"], splits["val"]
+    items = splits["train"][0] + splits["val"][0]
+    crops = torch.cat([splits["train"][1], splits["val"][1]])
+    if not folds:
+        return (items, crops), ([], crops[:0])
+    if not 0 <= fold < folds:
+        raise ValueError(f"--fold {fold} is not one of the {folds} folds (0 to {folds - 1})")
+    assigned = folds_of(items, folds)
+    keep = [r for r, f in enumerate(assigned) if f != fold]
+    held = [r for r, f in enumerate(assigned) if f == fold]
+    if not held:
+        raise ValueError(f"fold {fold} of {folds} holds no crops: too few crops for {folds} folds")
+    return ([items[r] for r in keep], crops[keep]), ([items[r] for r in held], crops[held])
 
 
 def limited(items: list[CropItem], limit: int | None) -> list[CropItem]:
@@ -197,12 +229,15 @@ def train(args: argparse.Namespace) -> dict:
     datasets = tuple(args.datasets.split(","))
     dataset_weights = parse_dataset_weights(args.dataset_weights)
     train_fractions = parse_train_fractions(args.train_fraction)
+    train_splits = tuple(args.train_splits.split(","))
     if args.pack:
         splits = pack_splits(args.pack, args.limit, datasets, args.crop_size)
-        (train_items, train_x), (val_items, val_x) = splits["train"], splits["val"]
     else:
-        train_items, train_x = load_split(args.data, taxonomy, "train", args.limit, datasets, args.crop_size)
-        val_items, val_x = load_split(args.data, taxonomy, "val", args.limit, datasets, args.crop_size)
+        splits = {split: load_split(args.data, taxonomy, split, args.limit, datasets, args.crop_size)
+                  for split in ("train", "val")}
+    (train_items, train_x), (val_items, val_x) = held_out(splits, train_splits, args.folds, args.fold)
+    # Nothing held out: no epoch can be chosen, so the last weights are the result.
+    keep_last = args.keep == "last" or not val_items
     if train_fractions:
         kept = train_subset(train_items, train_fractions)
         train_items, train_x = [train_items[r] for r in kept], train_x[kept]
@@ -249,9 +284,9 @@ def train(args: argparse.Namespace) -> dict:
                     lam = float(np.random.beta(args.mixup, args.mixup))
                     partner = torch.randperm(len(idx), generator=gen).to(device)
                     x = lam * x + (1.0 - lam) * x[partner]
-                    loss = mixup_nll(model.logits(x), mask, partner, lam)
+                    loss = mixup_nll(model.logits(x), mask, partner, lam, args.label_smoothing)
                 else:
-                    loss = set_nll(model.logits(x), mask)
+                    loss = set_nll(model.logits(x), mask, args.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -262,14 +297,14 @@ def train(args: argparse.Namespace) -> dict:
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
         selected = average.model if average else model
-        reports = dataset_reports(val_items, predict_logits(selected, val_x, args.crop_size), taxonomy)
-        score = float(np.mean([r["macro_f1"] for r in reports.values()]))
+        reports = dataset_reports(val_items, predict_logits(selected, val_x, args.crop_size), taxonomy) if val_items else {}
+        score = float(np.mean([r["macro_f1"] for r in reports.values()])) if reports else float("nan")
         record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
                   **{f"val_{d}_{k}": r[k] for d, r in reports.items() for k in ("accuracy", "macro_f1")}}
         log.write(json.dumps(record) + "\n")
         log.flush()
         print(json.dumps(record))
-        if score > best:
+        if keep_last or score > best:
             best = score
             torch.save(cpu_state(selected), out / "best.pt")
         if args.stop_after and time.monotonic() - started > args.stop_after:
@@ -277,13 +312,20 @@ def train(args: argparse.Namespace) -> dict:
             break
 
     model.load_state_dict(torch.load(out / "best.pt"))
-    val_logits = predict_logits(model, val_x, args.crop_size)
-    temperature = fit_temperature(val_logits, val_mask)
-    model.temperature.fill_(temperature)
+    temperature = None  # fitted later by training.crossfit when nothing is held out
+    if val_items:
+        temperature = fit_temperature(predict_logits(model, val_x, args.crop_size), val_mask)
+        model.temperature.fill_(temperature)
     torch.save(cpu_state(model), out / "best.pt")
-    summary = {"best_val_mean_macro_f1": best, "temperature": temperature, "epochs": epoch, "epochs_planned": args.epochs, "steps": step,
+    held_name = f"fold {args.fold} of {args.folds}" if args.folds else ("val" if val_items else None)
+    # The held-out score of the saved epoch (best or last); None with nothing held out.
+    summary = {"best_val_mean_macro_f1": None if math.isnan(best) else best,
+               "temperature": temperature, "kept": "last" if keep_last else "best",
+               "train_splits": list(train_splits), "folds": args.folds,
+               "fold": args.fold if args.folds else None, "held_out": held_name, "held_out_crops": len(val_items), "epochs": epoch, "epochs_planned": args.epochs, "steps": step,
                "width": args.width, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "device": device.type, "amp": args.amp,
                "taxonomy_version": taxonomy.version, "seed": args.seed, "ema": args.ema, "mixup": args.mixup,
+               "label_smoothing": args.label_smoothing,
                "dataset_weights": dataset_weights, "train_fractions": train_fractions,
                "train_crops": len(train_items), "crop_size": args.crop_size, "datasets": list(datasets),
                "trained_classes": sorted({c for item in train_items for c in item.targets})}
@@ -310,12 +352,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-fraction", default="",
                    help="train on this share of a dataset's train crops, per class, e.g. matek=0.5 (learning curves)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup with Beta(a, a) blend weights (0: off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="target 1 - e on the label set, e spread over all outputs (0: off)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="network input side in pixels")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW's decoupled weight decay")
     p.add_argument("--width", type=int, default=32, help="channels of the first stage (doubles at each of 3 stages)")
     p.add_argument("--pack", type=Path, help="train/val crops from a training.crop_pack file instead of --data")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (GPU)")
+    p.add_argument("--train-splits", default="train", choices=("train", "train,val"),
+                   help="train,val pools both splits: with --folds one fold is held out, without nothing is")
+    p.add_argument("--folds", type=int, default=0, help="cross-fitting folds of the pooled train,val crops")
+    p.add_argument("--fold", type=int, default=0, help="the fold held out (0 .. folds-1)")
+    p.add_argument("--keep", default="best", choices=("best", "last"),
+                   help="the checkpoint saved: the best epoch on the held-out crops, or the last epoch "
+                        "(cross-fitting keeps the last, as a run with nothing held out must)")
     p.add_argument("--stop-after", type=float, default=0.0,
                    help="seconds from start: end after the epoch that passes it, and still save (a guard "
                         "against a lent machine's time limit; 0: off)")

@@ -17,7 +17,8 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from marrowdx.domain.taxonomy import default_taxonomy
-from training import compare_classifiers, crop_pack, export, learning_curve, train_classifier, train_detector
+from training import compare_classifiers, crop_pack, crossfit, export, learning_curve, train_classifier, train_detector
+from training.data import folds_of
 from training.ema import WeightAverage
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 
@@ -27,10 +28,11 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 def test_classifier_smoke_trains_and_logs_each_epoch(shared_data, tmp_path):
     args = train_classifier.parse_args(["--data", str(shared_data), "--out", str(tmp_path), "--max-steps", "2",
                                         "--limit", "8", "--batch", "8", "--crop-size", "64", "--ema", "0.9", "--quiet",
-                                        "--dataset-weights", "matek=2", "--mixup", "0.2"])
+                                        "--dataset-weights", "matek=2", "--mixup", "0.2", "--label-smoothing", "0.1"])
     summary = train_classifier.train(args)
     assert summary["crop_size"] == 64 and summary["ema"] == 0.9
     assert summary["mixup"] == 0.2 and summary["dataset_weights"] == {"matek": 2.0}
+    assert summary["label_smoothing"] == 0.1 and summary["kept"] == "best" and summary["held_out"] == "val"
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["epochs"] >= 1
     assert "val_matek_accuracy" in json.loads(lines[0])
@@ -124,6 +126,19 @@ def test_mixup_loss_blends_the_two_label_sets_by_lam():
     torch.testing.assert_close(train_classifier.mixup_nll(logits, mask, partner, 0.3), 0.3 * own + 0.7 * other)
 
 
+def test_label_smoothing_moves_e_of_the_target_onto_every_output():
+    logits = torch.randn(3, 4)
+    mask = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    log_p = torch.log_softmax(logits, dim=1)
+    on_set = -torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)
+    torch.testing.assert_close(train_classifier.set_nll(logits, mask), on_set.mean())
+    expected = (0.9 * on_set - 0.1 * log_p.mean(dim=1)).mean()
+    torch.testing.assert_close(train_classifier.set_nll(logits, mask, smoothing=0.1), expected)
+    # A confident, right answer costs more when smoothed: the logits cannot grow for free.
+    sure = torch.tensor([[20.0, 0.0, 0.0, 0.0]])
+    assert train_classifier.set_nll(sure, mask[:1], 0.1) > train_classifier.set_nll(sure, mask[:1]) + 1.0
+
+
 def test_dataset_weights_favour_one_dataset_and_refuse_nonsense():
     items = [train_classifier.CropItem(path=Path(f"{d}.jpg"), dataset=d, folder="x", targets=("blast",), split="train")
              for d in ("matek", "pbc", "matek")]
@@ -150,6 +165,69 @@ def test_a_train_fraction_keeps_that_share_of_each_class_and_smaller_shares_nest
     assert train_classifier.train_subset(items, {}) == list(range(len(items)))
     with pytest.raises(ValueError, match="at most 1"):
         train_classifier.parse_train_fractions("matek=1.5")
+
+
+def _items(counts, split="train"):
+    return [train_classifier.CropItem(path=Path(f"/d/{f}/{f}_{i}.jpg"), dataset=d, folder=f, targets=("blast",), split=split)
+            for d, f, n in counts for i in range(n)]
+
+
+def test_folds_share_out_each_class_and_do_not_depend_on_listing_order():
+    items = _items((("matek", "BLA", 10), ("matek", "EOS", 4), ("pbc", "basophil", 7)))
+    folds = folds_of(items, 3)
+    per_class = Counter((items[r].folder, f) for r, f in enumerate(folds))
+    assert [per_class["BLA", f] for f in range(3)] in ([4, 3, 3], [3, 4, 3], [3, 3, 4])
+    assert sorted(per_class["basophil", f] for f in range(3)) == [2, 2, 3]
+    assert sorted(per_class["EOS", f] for f in range(3)) == [1, 1, 2]
+    shuffled = [items[r] for r in np.random.default_rng(1).permutation(len(items))]
+    assert dict(zip(shuffled, folds_of(shuffled, 3), strict=True)) == dict(zip(items, folds, strict=True))
+    with pytest.raises(ValueError, match="at least 2"):
+        folds_of(items, 1)
+
+
+def test_held_out_pools_train_and_val_and_holds_out_one_fold():
+    train_items, val_items = _items((("matek", "BLA", 6),)), _items((("matek", "BLA", 3),), split="val")
+    val_items = [dataclasses.replace(i, path=i.path.with_name("v" + i.path.name)) for i in val_items]
+    splits = {"train": (train_items, torch.arange(6)), "val": (val_items, torch.arange(6, 9))}
+    (items, x), (held, held_x) = train_classifier.held_out(splits, ("train",))
+    assert items == train_items and held == val_items and held_x.tolist() == [6, 7, 8]
+    (items, x), (held, held_x) = train_classifier.held_out(splits, ("train", "val"))
+    assert items == train_items + val_items and x.tolist() == list(range(9)) and held == []
+    (items, x), (held, held_x) = train_classifier.held_out(splits, ("train", "val"), folds=3, fold=1)
+    assert len(held) == 3 and not set(items) & set(held) and set(items) | set(held) == set(train_items + val_items)
+    pool = train_items + val_items
+    assert [pool[i] for i in held_x.tolist()] == held and [pool[i] for i in x.tolist()] == items
+    with pytest.raises(ValueError, match="not one of the 3 folds"):
+        train_classifier.held_out(splits, ("train", "val"), folds=3, fold=3)
+    with pytest.raises(ValueError, match="train,val"):
+        train_classifier.held_out(splits, ("train",), folds=3, fold=0)
+
+
+def test_crossfit_scores_each_crop_by_the_run_that_held_it_out_and_calibrates_the_full_run(shared_data, tmp_path):
+    common = ["--data", str(shared_data), "--limit", "9", "--max-steps", "1", "--batch", "4", "--crop-size", "48",
+              "--width", "8", "--quiet", "--train-splits", "train,val"]
+    summaries = [train_classifier.train(train_classifier.parse_args(
+        common + ["--folds", "3", "--fold", str(f), "--keep", "last", "--out", str(tmp_path / f"fold{f}")]))
+        for f in range(3)]
+    full = train_classifier.train(train_classifier.parse_args(common + ["--out", str(tmp_path / "all")]))
+    assert full["held_out"] is None and full["temperature"] is None and full["kept"] == "last"
+    assert full["train_crops"] == summaries[0]["train_crops"] + summaries[0]["held_out_crops"]
+    runs = [str(tmp_path / f"fold{f}") for f in range(3)]
+    crossfit.main(runs + ["--full", str(tmp_path / "all"), "--data", str(shared_data), "--limit", "9",
+                          "--threads", "1", "--json", str(tmp_path / "cf.json")])
+    report = json.loads((tmp_path / "cf.json").read_text())
+    # crossfit finds the same held-out crops that training held out, fold by fold.
+    assert [sum(d["n"] for d in report["by_fold"][str(f)].values()) for f in range(3)] == \
+        [s["held_out_crops"] for s in summaries]
+    assert report["n"] == full["train_crops"] == sum(d["n"] for d in report["held_out"].values())
+    assert sum(d["n"] for split in report["by_original_split"].values() for d in split.values()) == report["n"]
+    calibrated = torch.load(tmp_path / "all" / "best.pt")["temperature"].item()
+    assert calibrated == pytest.approx(report["temperature"]) and calibrated != 1.0
+    assert json.loads((tmp_path / "all" / "summary.json").read_text())["temperature"] == pytest.approx(calibrated)
+    with pytest.raises(ValueError, match="each of the 3 folds"):
+        crossfit.check_folds([summaries[0], summaries[0], summaries[2]])
+    with pytest.raises(SystemExit, match="not a run on all train and val"):
+        crossfit.main(runs + ["--full", runs[0], "--data", str(shared_data), "--limit", "9", "--threads", "1"])
 
 
 def test_learning_curve_compares_runs_at_the_last_step_all_reached(tmp_path):
