@@ -142,6 +142,21 @@ def trained_crop_size(checkpoint: Path) -> int:
     return DEFAULT_CROP_SIZE
 
 
+def trained_on_val(checkpoint: Path) -> bool:
+    """Whether the run trained on the val split too (cross-fitting's all-data run): then
+    val cannot calibrate it, and its temperature comes from training.crossfit."""
+    summary = checkpoint.parent / "summary.json"
+    if not summary.exists():
+        return False
+    summary_data = json.loads(summary.read_text())
+    if "val" not in summary_data.get("train_splits", ["train"]):
+        return False
+    if summary_data.get("temperature") is None:
+        raise SystemExit(f"{checkpoint} trained on val and has no temperature yet: "
+                         "run python -m training.crossfit FOLD_RUNS... --full RUN first")
+    return True
+
+
 def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, taxonomy, crop_size: int) -> None:
     """Averaging views (and members) makes probabilities under-confident: refit one temperature
     for the averaged output on the val split (never on test), as training did for one view."""
@@ -204,7 +219,15 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"ensemble_crop_sizes": ",".join(map(str, sizes))}
     elif args.tta:
         classifier = DihedralAverage(members[0]).eval()
-    if args.tta:
+    on_val = [trained_on_val(c) for c in args.classifier]
+    if any(on_val) and len(members) > 1:
+        raise SystemExit("an ensemble with a member trained on val has nothing left to fit its temperature on")
+    if on_val[0] and not args.tta:
+        raise SystemExit("a cross-fitted temperature is for the 8-view average: export with --tta")
+    if on_val[0]:
+        # training.crossfit fitted it on held-out crops, for the 8-view average.
+        print(f"temperature from cross-fitting kept: {float(classifier.temperature):.4f}")
+    elif args.tta:
         refit_temperature(classifier, args.data, taxonomy, crop_size)
     detector = CellDetector(len(taxonomy.detector_categories))
     detector.load_state_dict(torch.load(args.detector, map_location="cpu"))

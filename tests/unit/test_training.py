@@ -291,6 +291,29 @@ def test_export_serves_the_crop_size_the_classifier_was_trained_at(tmp_path):
         assert config.parameters["crop_size"].string_value == "80"
 
 
+def test_export_keeps_a_cross_fitted_temperature_and_refuses_an_uncalibrated_all_data_run(tmp_path):
+    torch.manual_seed(0)
+    classifier = CellClassifier(24, width=8)
+    classifier.temperature.fill_(1.7)
+    torch.save(classifier.state_dict(), tmp_path / "c.pt")
+    torch.save(CellDetector(4).state_dict(), tmp_path / "d.pt")
+    summary = {"crop_size": 48, "train_splits": ["train", "val"], "temperature": 1.7}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    repo = tmp_path / "repo"
+    # --data points at no data: a val refit would have nothing to read, so the 1.7 must be kept.
+    export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "t",
+                 "--repo", str(repo), "--data", str(tmp_path / "none"), "--tta"])
+    config = text_format.Parse((repo / "classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.parameters["temperature"].string_value == "1.7000"
+    with pytest.raises(SystemExit, match="8-view average"):
+        export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "t",
+                     "--repo", str(repo), "--data", str(tmp_path / "none")])
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "temperature": None}))
+    with pytest.raises(SystemExit, match="training.crossfit"):
+        export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "t",
+                     "--repo", str(repo), "--data", str(tmp_path / "none"), "--tta"])
+
+
 def test_an_ensemble_averages_its_members_and_fits_one_temperature_over_all_views():
     torch.manual_seed(0)
     small, large = CellClassifier(24).eval(), CellClassifier(24).eval()
