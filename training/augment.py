@@ -69,3 +69,10 @@ def random_blur(images: torch.Tensor, generator: torch.Generator, p: float = 0.2
 def resize_nhwc(images: torch.Tensor, size: int) -> torch.Tensor:
     nchw = images.permute(0, 3, 1, 2).float()
     return F.interpolate(nchw, size=(size, size), mode="bilinear", align_corners=False, antialias=True).permute(0, 2, 3, 1)
+
+
+def served_batches(crops: torch.Tensor, size: int, batch: int):
+    """Crops as a served model receives them, a batch at a time: resized to its
+    input and rounded back to uint8."""
+    for i in range(0, len(crops), batch):
+        yield resize_nhwc(crops[i : i + batch], size).round().to(torch.uint8)

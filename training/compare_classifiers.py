@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from marrowdx.domain.taxonomy import default_taxonomy
-from training.augment import resize_nhwc
+from training.augment import served_batches
 from training.data import DEFAULT_DATA_ROOT
 from training.export import trained_crop_size
 from training.models import CellClassifier, ClassifierEnsemble, DihedralAverage, load_classifier
@@ -32,13 +32,13 @@ def load_run(run: Path, classes: int) -> CellClassifier:
 @torch.no_grad()
 def served_probabilities(model: torch.nn.Module, size: int, crops: torch.Tensor, batch: int = 128) -> torch.Tensor:
     """Probabilities of a served model, crops resized to its input size."""
-    out = [model(resize_nhwc(crops[i : i + batch], size).round().to(torch.uint8)) for i in range(0, len(crops), batch)]
+    out = [model(b) for b in served_batches(crops, size, batch)]
     return torch.cat(out)
 
 
 @torch.no_grad()
 def crops_per_second(model: torch.nn.Module, size: int, crops: torch.Tensor, repeats: int = 3) -> float:
-    batch = resize_nhwc(crops[:64], size).round().to(torch.uint8)
+    batch = next(served_batches(crops, size, 64))
     model(batch)
     best = float("inf")
     for _ in range(repeats):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from marrowdx.domain.taxonomy import default_taxonomy
-from training.augment import resize_nhwc
+from training.augment import served_batches
 from training.data import DEFAULT_DATA_ROOT, folds_of
 from training.models import DihedralAverage, load_classifier
 from training.train_classifier import dataset_reports, fit_temperature, load_split, target_mask
@@ -47,9 +47,7 @@ def check_folds(summaries: list[dict]) -> int:
 @torch.no_grad()
 def view_logits(model: DihedralAverage, crops: torch.Tensor, size: int, batch: int = 128) -> torch.Tensor:
     """8 x N x C logits at temperature 1, crops resized to the model's input."""
-    out = [model.view_logits(resize_nhwc(crops[i : i + batch], size).round().to(torch.uint8))
-           for i in range(0, len(crops), batch)]
-    return torch.cat(out, dim=1)
+    return torch.cat([model.view_logits(b) for b in served_batches(crops, size, batch)], dim=1)
 
 
 def served_logits(views: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -55,6 +55,14 @@ def index_crops(root: Path, dataset: str, taxonomy: Taxonomy) -> list[CropItem]:
     return items
 
 
+def rows_by_class(items: list[CropItem]) -> dict[tuple[str, str], list[int]]:
+    """Row numbers of the crops of each (dataset, label folder), in listing order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row, item in enumerate(items):
+        groups.setdefault((item.dataset, item.folder), []).append(row)
+    return groups
+
+
 def folds_of(items: list[CropItem], folds: int) -> list[int]:
     """Stratified cross-validation folds: within each class of each dataset the
     crops, ordered by a hash of their name, are dealt to the folds in turn, so
@@ -62,15 +70,13 @@ def folds_of(items: list[CropItem], folds: int) -> list[int]:
     folds in any order (the pack and the source images agree)."""
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, not {folds}")
-    groups: dict[tuple[str, str], list[int]] = {}
-    for row, item in enumerate(items):
-        groups.setdefault((item.dataset, item.folder), []).append(row)
+
     def name_hash(row: int) -> str:
         item = items[row]
         return hashlib.sha1(f"{item.dataset}/{item.folder}/{item.path.name}".encode()).hexdigest()
 
     fold = [0] * len(items)
-    for rows in groups.values():
+    for rows in rows_by_class(items).values():
         for position, row in enumerate(sorted(rows, key=name_hash)):
             fold[row] = position % folds
     return fold

@@ -25,7 +25,7 @@ from PIL import Image
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.crops import resize_crop
 from marrowdx.imaging.letterbox import letterbox
-from training.augment import resize_nhwc
+from training.augment import served_batches
 from training.data import DEFAULT_DATA_ROOT, index_crops
 from training.models import CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 from training.train_classifier import DEFAULT_CROP_SIZE, fit_temperature, load_split, target_mask
@@ -136,22 +136,22 @@ def detection_difference(eager, other, score_floor: float = 0.3) -> float:
 
 def trained_crop_size(checkpoint: Path) -> int:
     """The input side the checkpoint was trained at (its run's summary.json; 96 before it was recorded)."""
+    return int(run_summary(checkpoint).get("crop_size", DEFAULT_CROP_SIZE))
+
+
+def run_summary(checkpoint: Path) -> dict:
+    """The summary.json training wrote beside a checkpoint ({} for older runs without one)."""
     summary = checkpoint.parent / "summary.json"
-    if summary.exists():
-        return int(json.loads(summary.read_text()).get("crop_size", DEFAULT_CROP_SIZE))
-    return DEFAULT_CROP_SIZE
+    return json.loads(summary.read_text()) if summary.exists() else {}
 
 
 def trained_on_val(checkpoint: Path) -> bool:
     """Whether the run trained on the val split too (cross-fitting's all-data run): then
     val cannot calibrate it, and its temperature comes from training.crossfit."""
-    summary = checkpoint.parent / "summary.json"
-    if not summary.exists():
+    summary = run_summary(checkpoint)
+    if "val" not in summary.get("train_splits", ["train"]):
         return False
-    summary_data = json.loads(summary.read_text())
-    if "val" not in summary_data.get("train_splits", ["train"]):
-        return False
-    if summary_data.get("temperature") is None:
+    if summary.get("temperature") is None:
         raise SystemExit(f"{checkpoint} trained on val and has no temperature yet: "
                          "run python -m training.crossfit FOLD_RUNS... --full RUN first")
     return True
@@ -162,9 +162,7 @@ def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, t
     for the averaged output on the val split (never on test), as training did for one view."""
     items, crops = load_split(data, taxonomy, "val", crop_size=crop_size)
     with torch.no_grad():
-        batches = [resize_nhwc(crops[i : i + 256], crop_size).round().to(torch.uint8)
-                   for i in range(0, len(crops), 256)]
-        logits = torch.cat([model.view_logits(b) for b in batches], dim=1)
+        logits = torch.cat([model.view_logits(b) for b in served_batches(crops, crop_size, 256)], dim=1)
     temperature = fit_temperature(logits, target_mask(items, taxonomy))
     model.set_temperature(temperature)
     print(f"temperature refitted for the {logits.shape[0]}-view average on val: {temperature:.4f}")

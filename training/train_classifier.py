@@ -33,7 +33,15 @@ from marrowdx.evaluation.metrics import classification_report
 from marrowdx.imaging.crops import resize_crop
 from training.augment import random_affine, random_blur, resize_nhwc, stain_jitter
 from training.crop_pack import read_pack
-from training.data import CropItem, cache_size_for, folds_of, index_crops, load_crop_cache, training_arguments
+from training.data import (
+    CropItem,
+    cache_size_for,
+    folds_of,
+    index_crops,
+    load_crop_cache,
+    rows_by_class,
+    training_arguments,
+)
 from training.ema import WeightAverage
 from training.models import CellClassifier
 
@@ -97,11 +105,8 @@ def train_subset(items: list[CropItem], fractions: dict[str, float]) -> list[int
     """Rows kept when only a fraction of a dataset's train crops is used (learning
     curves): that fraction of each class, drawn in one fixed order, so smaller
     subsets lie inside larger ones and every training seed sees the same crops."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for row, item in enumerate(items):
-        groups.setdefault((item.dataset, item.folder), []).append(row)
     kept = []
-    for (dataset, _), rows in sorted(groups.items()):
+    for (dataset, _), rows in sorted(rows_by_class(items).items()):
         order = np.random.default_rng(0).permutation(len(rows))
         kept += [rows[i] for i in order[: math.ceil(fractions.get(dataset, 1.0) * len(rows))]]
     return sorted(kept)
