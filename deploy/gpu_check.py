@@ -60,19 +60,24 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(fields)), torch.from_numpy(np.stack(crops))
 
 
+def member_of(state: dict[str, torch.Tensor], prefix: str) -> CellClassifier:
+    """A classifier of the width and class count its traced weights have."""
+    return CellClassifier(state[f"{prefix}head.weight"].shape[0], width=state[f"{prefix}features.0.0.weight"].shape[0])
+
+
 def eager_from(scripted: torch.jit.ScriptModule, kind: str) -> torch.nn.Module:
     state = scripted.state_dict()
     if kind == "detector":
         model = CellDetector(state["heatmap.1.weight"].shape[0])
     elif any(k.startswith("members.") for k in state):
         sizes = [int(v) for v in classifier_param("ensemble_crop_sizes").split(",")]
-        classes = state["members.0.classifier.head.weight"].shape[0]
-        model = ClassifierEnsemble([CellClassifier(classes) for _ in sizes], sizes)
+        model = ClassifierEnsemble([member_of(state, f"members.{i}.classifier.") for i in range(len(sizes))], sizes)
     else:
-        model = DihedralAverage(CellClassifier(state["classifier.head.weight"].shape[0]))
-    # A traced DihedralAverage also lists its temperature property at the top level.
-    wanted = model.state_dict().keys()
-    model.load_state_dict({k: v for k, v in state.items() if k in wanted})
+        model = DihedralAverage(member_of(state, "classifier."))
+    # A traced DihedralAverage also lists its temperature and class_bias properties at
+    # the top level; graphs from before class_bias keep the model's zero bias.
+    defaults = model.state_dict()
+    model.load_state_dict({**defaults, **{k: v for k, v in state.items() if k in defaults}})
     return model.eval()
 
 

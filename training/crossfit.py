@@ -1,7 +1,8 @@
 """Cross-fitting: score each fold run on the crops it held out, as served (mean
 probability over the 8 rotations and flips, the source images framed and
-scaled as the service does), fit one temperature on all of them, and write it
-into the run trained on every train and val crop.
+scaled as the service does), fit one temperature on all of them (and with
+--class-bias a per-class bias), and write them into the run trained on every
+train and val crop.
 
     python -m training.crossfit training/runs/classifier-gpu5-f-fold0 training/runs/classifier-gpu5-f-fold1 \
         training/runs/classifier-gpu5-f-fold2 --full training/runs/classifier-gpu5-f-all \
@@ -12,6 +13,8 @@ that never saw it and that was not chosen on it (fold runs keep their last
 epoch): an estimate of the recipe with about 5x the crops of the val split
 alone. The test split is not touched. The report also splits the estimate by
 the crops' original split, which says whether val was easier than the rest.
+--save-views keeps the held-out scores; --from-views calibrates saved ones again
+(for instance with --class-bias) without scoring every crop again.
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ import torch
 
 from marrowdx.domain.taxonomy import default_taxonomy
 from training.augment import served_batches
-from training.data import DEFAULT_DATA_ROOT, folds_of
+from training.data import DEFAULT_DATA_ROOT, CropItem, folds_of, index_crops
 from training.models import DihedralAverage, load_classifier
-from training.train_classifier import dataset_reports, fit_temperature, load_split, target_mask
+from training.train_classifier import (
+    DATA_FOLDERS,
+    dataset_reports,
+    fit_class_bias,
+    fit_temperature,
+    load_split,
+    target_mask,
+)
 
 
 def read_summary(run: Path) -> dict:
@@ -60,8 +70,9 @@ def scores(items, logits: torch.Tensor, taxonomy) -> dict:
     return {d: {"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for d, r in reports.items()}
 
 
-def crossfit(fold_runs: list[Path], data: Path, limit: int | None = None) -> dict:
-    """Held-out logits of every pooled crop, the fitted temperature and the scores."""
+def held_out_views(fold_runs: list[Path], data: Path, limit: int | None = None) -> dict:
+    """The 8-view logits of every pooled train and val crop, each from the fold run
+    that held it out, with each crop's fold and path (what --save-views writes)."""
     taxonomy = default_taxonomy()
     summaries = [read_summary(r) for r in fold_runs]
     folds = check_folds(summaries)
@@ -78,25 +89,71 @@ def crossfit(fold_runs: list[Path], data: Path, limit: int | None = None) -> dic
         model = DihedralAverage(load_classifier(torch.load(run / "best.pt", map_location="cpu"), len(taxonomy.codes))).eval()
         views[:, rows] = view_logits(model, crops[rows], summary["crop_size"])
         print(json.dumps({"run": str(run), "fold": summary["fold"], "crops": len(rows)}))
-    temperature = fit_temperature(views, target_mask(items, taxonomy))
+    return {"views": views, "fold": assigned, "paths": [str(item.path) for item in items],
+            "folds": folds, "runs": [str(r) for r in fold_runs]}
+
+
+def items_of(paths: list[str], data: Path) -> list[CropItem]:
+    """The crop items (targets, split) of saved held-out views, found by path."""
+    taxonomy = default_taxonomy()
+    index = {str(item.path): item for dataset, folder in DATA_FOLDERS.items() if (data / folder).is_dir()
+             for item in index_crops(data / folder, dataset, taxonomy)}
+    missing = [p for p in paths if p not in index]
+    if missing:
+        raise SystemExit(f"{len(missing)} crops of the saved views are not under {data} (first: {missing[0]})")
+    return [index[p] for p in paths]
+
+
+def calibrate(held_out: dict, items: list[CropItem], class_bias: bool = False) -> dict:
+    """Fit the temperature on the held-out views and score them: the report."""
+    taxonomy = default_taxonomy()
+    views, assigned, folds = held_out["views"], held_out["fold"], held_out["folds"]
+    mask = target_mask(items, taxonomy)
+    temperature = fit_temperature(views, mask)
     logits = served_logits(views, temperature)
     by_split = {split: scores([items[r] for r in rows], logits[rows], taxonomy)
                 for split in ("train", "val")
                 if (rows := [r for r, item in enumerate(items) if item.split == split])}
     by_fold = {str(f): scores([items[r] for r in rows], logits[rows], taxonomy)
                for f in range(folds) if (rows := (assigned == f).nonzero().flatten().tolist())}
-    return {"folds": folds, "views": 8, "n": len(items), "temperature": temperature,
-            "held_out": scores(items, logits, taxonomy), "by_original_split": by_split, "by_fold": by_fold,
-            "runs": [str(r) for r in fold_runs]}
+    report = {"folds": folds, "views": 8, "n": len(items), "temperature": temperature,
+              "held_out": scores(items, logits, taxonomy), "by_original_split": by_split, "by_fold": by_fold,
+              "runs": held_out["runs"]}
+    if class_bias:
+        report["class_bias"] = bias_report(views, logits, mask, assigned, folds, items, taxonomy)
+    return report
 
 
-def write_temperature(run: Path, temperature: float, source: str) -> None:
-    """Store the cross-fitted temperature in a run's checkpoint (export carries it) and summary."""
+def bias_report(views: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, assigned: torch.Tensor, folds: int,
+                items, taxonomy) -> dict:
+    """The class bias on all held-out crops, and what it is worth: each fold scored
+    with a temperature and bias fitted on the other folds only (nested), so the
+    comparison with the plain held-out figures is not flattered by fitting on the
+    crops it scores."""
+    bias = fit_class_bias(logits, mask)
+    nested = torch.zeros_like(logits)
+    for fold in range(folds):
+        rest, rows = (assigned != fold).nonzero().flatten(), (assigned == fold).nonzero().flatten()
+        temperature = fit_temperature(views[:, rest], mask[rest])
+        rest_bias = fit_class_bias(served_logits(views[:, rest], temperature), mask[rest])
+        nested[rows] = served_logits(views[:, rows], temperature) + rest_bias
+    return {"values": {code: round(float(b), 4) for code, b in zip(taxonomy.codes, bias, strict=True) if b != 0},
+            "held_out_nested": scores(items, nested, taxonomy)}
+
+
+def write_calibration(run: Path, temperature: float, source: str, class_bias: dict[str, float] | None = None) -> None:
+    """Store the cross-fitted temperature (and class bias) in a run's checkpoint (export
+    carries them) and summary."""
     state = torch.load(run / "best.pt", map_location="cpu")
     state["temperature"].fill_(temperature)
+    taxonomy = default_taxonomy()
+    bias = torch.zeros(len(taxonomy.codes))
+    for code, value in (class_bias or {}).items():
+        bias[taxonomy.index(code)] = value
+    state["class_bias"] = bias
     torch.save(state, run / "best.pt")
     summary = read_summary(run)
-    summary.update(temperature=temperature, temperature_fitted_on=source)
+    summary.update(temperature=temperature, temperature_fitted_on=source, class_bias=class_bias or None)
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -108,20 +165,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, help="at most this many crops per dataset and split (smoke tests)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--class-bias", action="store_true",
+                   help="also fit a per-class log-probability bias on the held-out crops (and report it nested by fold)")
+    p.add_argument("--from-views", type=Path, help="calibrate views saved by --save-views instead of scoring the crops again")
+    p.add_argument("--save-views", type=Path, help="write the held-out 8-view logits, fold and crop path of each crop (torch.save)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = crossfit(args.runs, args.data, args.limit)
-    if args.full:
+    if args.full:  # before the long scoring, not after it
         full = read_summary(args.full)
         if full.get("held_out") is not None or full.get("train_splits") != ["train", "val"]:
             raise SystemExit(f"{args.full} is not a run on all train and val crops (--train-splits train,val, no --folds)")
-        write_temperature(args.full, report["temperature"], f"held-out crops of {len(args.runs)} fold runs (training.crossfit)")
+    if args.from_views:
+        held_out = torch.load(args.from_views)
+        if held_out["runs"] != [str(r) for r in args.runs]:
+            raise SystemExit(f"{args.from_views} holds the views of {held_out['runs']}, not of these runs")
+    else:
+        held_out = held_out_views(args.runs, args.data, args.limit)
+    report = calibrate(held_out, items_of(held_out["paths"], args.data), args.class_bias)
+    if args.save_views and not args.from_views:
+        # The held-out view logits, so that post-hoc steps (calibration, ensembles) are
+        # compared on them without scoring every crop again.
+        args.save_views.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(held_out, args.save_views)
+    if args.full:
+        write_calibration(args.full, report["temperature"], f"held-out crops of {len(args.runs)} fold runs (training.crossfit)",
+                          report.get("class_bias", {}).get("values"))
         report["full_run"] = str(args.full)
     report["note"] = "cross-fitted estimate on train and val crops (test untouched); research use only"
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("folds", "n", "temperature", "held_out", "by_original_split")}))
+    print(json.dumps({k: report[k] for k in ("folds", "n", "temperature", "held_out", "by_original_split", "class_bias")
+                      if k in report}))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from marrowdx.imaging.crops import resize_crop
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import served_batches
 from training.data import DEFAULT_DATA_ROOT, index_crops
-from training.models import CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
+from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 from training.train_classifier import DEFAULT_CROP_SIZE, fit_temperature, load_split, target_mask
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -168,6 +168,12 @@ def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, t
     print(f"temperature refitted for the {logits.shape[0]}-view average on val: {temperature:.4f}")
 
 
+def class_bias_parameter(classifier: CellClassifier, codes: list[str]) -> str:
+    """The fitted class bias as 'code=value,...' for the model config (audit), 'none' if zero."""
+    pairs = [f"{code}={float(b):.4f}" for code, b in zip(codes, classifier.class_bias, strict=True) if b != 0]
+    return ",".join(pairs) or "none"
+
+
 def sample_crops(crop_size: int, n: int = 8) -> np.ndarray:
     """Real crops for the equality check (random noise has nothing to detect or name)."""
     files = sorted((SAMPLES / "demo-case" / "crops").glob("*.jpg"))[:: 40][:n]
@@ -222,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("an ensemble with a member trained on val has nothing left to fit its temperature on")
     if on_val[0] and not args.tta:
         raise SystemExit("a cross-fitted temperature is for the 8-view average: export with --tta")
+    if not args.tta and any(bool(m.class_bias.any()) for m in members):
+        raise SystemExit("a class bias is for the 8-view average (DihedralAverage applies it): export with --tta")
     if on_val[0]:
         # training.crossfit fitted it on held-out crops, for the 8-view average.
         print(f"temperature from cross-fitting kept: {float(classifier.temperature):.4f}")
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                       for code in item.targets})
     export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes), crop_size), 256, args.queue_us,
                  {**common, "crop_size": str(crop_size), "temperature": f"{float(classifier.temperature):.4f}",
+                  "class_bias": class_bias_parameter(members[0], taxonomy.codes),
                   "test_time_augmentation": "dihedral8" if args.tta else "none", **extra,
                   "classes": ",".join(taxonomy.codes),
                   "trained_classes": ",".join(c for c in taxonomy.codes if c in trained)}, args.repo,

@@ -52,6 +52,9 @@ class CellClassifier(nn.Module):
 
     ``temperature`` is fitted after training on the val split (temperature
     scaling, Guo et al. 2017) and stored as a buffer so export carries it.
+    ``class_bias`` is a per-class log-probability offset for the 8-view average
+    (DihedralAverage applies it), fitted on cross-fitted held-out crops; zero
+    unless training.crossfit --class-bias set it.
     """
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
@@ -72,6 +75,7 @@ class CellClassifier(nn.Module):
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(8 * w, num_classes)
         self.register_buffer("temperature", torch.ones(1))
+        self.register_buffer("class_bias", torch.zeros(num_classes))
 
     def logits(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(self.norm(crops_uint8_nhwc))))
@@ -83,7 +87,8 @@ class CellClassifier(nn.Module):
 def load_classifier(state_dict: dict[str, torch.Tensor], num_classes: int) -> CellClassifier:
     """A CellClassifier of the width the weights were trained at (the stem's output channels)."""
     model = CellClassifier(num_classes, width=state_dict["features.0.0.weight"].shape[0])
-    model.load_state_dict(state_dict)
+    # Runs from before class_bias existed carry none: theirs is zero.
+    model.load_state_dict({"class_bias": model.class_bias, **state_dict})
     return model
 
 
@@ -182,7 +187,10 @@ class DihedralAverage(nn.Module):
     def forward(self, crops_uint8_nhwc: torch.Tensor) -> torch.Tensor:
         n = crops_uint8_nhwc.shape[0]
         probs = self.classifier(torch.cat(dihedral_views(crops_uint8_nhwc), dim=0))
-        return probs.reshape(8, n, -1).mean(dim=0)
+        mean = probs.reshape(8, n, -1).mean(dim=0)
+        # The class bias shifts the averaged log-probabilities; with a zero bias this
+        # returns the mean itself (it already sums to one).
+        return torch.softmax(torch.log(mean.clamp_min(1e-12)) + self.classifier.class_bias, dim=1)
 
     def view_logits(self, crops: torch.Tensor) -> torch.Tensor:
         """8 x N x C logits of the views whose probabilities forward averages (temperature fitting)."""
@@ -190,6 +198,10 @@ class DihedralAverage(nn.Module):
 
     def set_temperature(self, value: float) -> None:
         self.classifier.temperature.fill_(value)
+
+    @property
+    def class_bias(self) -> torch.Tensor:
+        return self.classifier.class_bias
 
 
 class ClassifierEnsemble(nn.Module):

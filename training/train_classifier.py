@@ -212,6 +212,27 @@ def fit_temperature(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
+def fit_class_bias(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-class offsets to the log-probabilities minimising the set NLL on held-out
+    crops (N x C, already temperature-scaled): the bias half of vector scaling (Guo et
+    al. 2017), for a model that systematically favours some classes over others.
+    Only classes with held-out targets get one, centred on zero, so untrained
+    classes keep their level relative to the trained ones."""
+    fitted = mask.any(dim=0).float()
+    bias = torch.zeros(log_probs.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([bias], lr=0.5, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = set_nll(log_probs + bias * fitted, mask)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    bias = bias.detach() * fitted
+    return (bias - bias.sum() / fitted.sum()) * fitted
+
+
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Checkpoints always hold CPU tensors, so export and evaluation load them anywhere."""
     return {name: value.detach().cpu() for name, value in model.state_dict().items()}

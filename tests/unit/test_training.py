@@ -139,6 +139,30 @@ def test_label_smoothing_moves_e_of_the_target_onto_every_output():
     assert train_classifier.set_nll(sure, mask[:1], 0.1) > train_classifier.set_nll(sure, mask[:1]) + 1.0
 
 
+def test_class_bias_recovers_a_systematic_shift_and_leaves_untrained_classes_alone():
+    torch.manual_seed(0)
+    true_log_p = torch.log_softmax(torch.randn(20000, 4) * 2, dim=1)
+    labels = torch.distributions.Categorical(logits=true_log_p[:, :3]).sample()  # class 3: never a target
+    mask = torch.nn.functional.one_hot(labels, 4).bool()
+    shift = torch.tensor([0.6, -0.2, -0.4, 0.0])
+    bias = train_classifier.fit_class_bias(true_log_p - shift, mask)  # a model that under-rates class 0
+    assert torch.allclose(bias, shift, atol=0.08) and bias[3] == 0 and abs(float(bias[:3].sum())) < 1e-5
+
+
+def test_the_8_view_average_applies_the_class_bias_and_is_unchanged_without_one():
+    torch.manual_seed(0)
+    model = DihedralAverage(CellClassifier(24, width=8).eval()).eval()
+    crops = torch.from_numpy(_sample_crops(3, 48))
+    with torch.no_grad():
+        plain = model(crops)
+        assert torch.allclose(plain, torch.stack(model.view_logits(crops).softmax(2).unbind()).mean(0), atol=1e-6)
+        model.class_bias[5] = 1.0
+        shifted = model(crops)
+    expected = plain.clone()
+    expected[:, 5] *= math.e
+    assert torch.allclose(shifted, expected / expected.sum(1, keepdim=True), atol=1e-6)
+
+
 def test_dataset_weights_favour_one_dataset_and_refuse_nonsense():
     items = [train_classifier.CropItem(path=Path(f"{d}.jpg"), dataset=d, folder="x", targets=("blast",), split="train")
              for d in ("matek", "pbc", "matek")]
@@ -214,8 +238,23 @@ def test_crossfit_scores_each_crop_by_the_run_that_held_it_out_and_calibrates_th
     assert full["train_crops"] == summaries[0]["train_crops"] + summaries[0]["held_out_crops"]
     runs = [str(tmp_path / f"fold{f}") for f in range(3)]
     crossfit.main(runs + ["--full", str(tmp_path / "all"), "--data", str(shared_data), "--limit", "9",
-                          "--threads", "1", "--json", str(tmp_path / "cf.json")])
+                          "--threads", "1", "--json", str(tmp_path / "cf.json"), "--save-views", str(tmp_path / "v.pt")])
     report = json.loads((tmp_path / "cf.json").read_text())
+    saved = torch.load(tmp_path / "v.pt")
+    assert saved["views"].shape == (8, report["n"], 24) and len(set(saved["paths"])) == report["n"]
+    assert [int((saved["fold"] == f).sum()) for f in range(3)] == [s["held_out_crops"] for s in summaries]
+    # Saved views calibrate again without scoring, to the same temperature, and with
+    # --class-bias the bias (fitted on every held-out crop) lands in the full run.
+    crossfit.main(runs + ["--full", str(tmp_path / "all"), "--data", str(shared_data), "--from-views", str(tmp_path / "v.pt"),
+                          "--class-bias", "--json", str(tmp_path / "cf-bias.json")])
+    biased = json.loads((tmp_path / "cf-bias.json").read_text())
+    assert biased["temperature"] == pytest.approx(report["temperature"]) and biased["held_out"] == report["held_out"]
+    assert set(biased["class_bias"]["held_out_nested"]) == set(report["held_out"])
+    stored = torch.load(tmp_path / "all" / "best.pt")["class_bias"]
+    codes = default_taxonomy().codes
+    assert {codes[i]: round(float(b), 4) for i, b in enumerate(stored) if b != 0} == biased["class_bias"]["values"] != {}
+    with pytest.raises(SystemExit, match="not of these runs"):
+        crossfit.main(runs[::-1] + ["--data", str(shared_data), "--from-views", str(tmp_path / "v.pt")])
     # crossfit finds the same held-out crops that training held out, fold by fold.
     assert [sum(d["n"] for d in report["by_fold"][str(f)].values()) for f in range(3)] == \
         [s["held_out_crops"] for s in summaries]
@@ -295,6 +334,7 @@ def test_export_keeps_a_cross_fitted_temperature_and_refuses_an_uncalibrated_all
     torch.manual_seed(0)
     classifier = CellClassifier(24, width=8)
     classifier.temperature.fill_(1.7)
+    classifier.class_bias[[2, 22]] = torch.tensor([0.75, -0.75])
     torch.save(classifier.state_dict(), tmp_path / "c.pt")
     torch.save(CellDetector(4).state_dict(), tmp_path / "d.pt")
     summary = {"crop_size": 48, "train_splits": ["train", "val"], "temperature": 1.7}
@@ -305,6 +345,12 @@ def test_export_keeps_a_cross_fitted_temperature_and_refuses_an_uncalibrated_all
                  "--repo", str(repo), "--data", str(tmp_path / "none"), "--tta"])
     config = text_format.Parse((repo / "classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.parameters["temperature"].string_value == "1.7000"
+    codes = default_taxonomy().codes
+    assert config.parameters["class_bias"].string_value == f"{codes[2]}=0.7500,{codes[22]}=-0.7500"
+    # The bias is inside the exported graph, not only in its config.
+    crops = torch.from_numpy(_sample_crops(4, 48))
+    served = DihedralAverage(classifier.eval()).eval()
+    assert export.check_equal(served, "classifier", crops, repo)["onnx"] < 1e-4
     with pytest.raises(SystemExit, match="8-view average"):
         export.main(["--classifier", str(tmp_path / "c.pt"), "--detector", str(tmp_path / "d.pt"), "--version", "t",
                      "--repo", str(repo), "--data", str(tmp_path / "none")])
