@@ -4,8 +4,8 @@
 
 - samples/demo-case/crops/: a bone-marrow case of Matek crops from the val and
   test splits with a known composition (160 blasts among 400 cells, 40%): no
-  classifier up to 2026.11.27e trained on them, 2026.11.27f (cross-fitted on
-  train and val) trained on the val ones, so the demo shows the flow and the
+  classifier up to 2026.11.27e trained on them, 2026.11.27f and later
+  (cross-fitted on train and val) trained on the val ones, so the demo shows the flow and the
   test split alone measures accuracy; resized to 96 px to keep samples/ under 2 MB (the service
   resizes submitted crops to the classifier's input, 128 px since 2026.11.27c);
 - samples/fields/: three TXL-PBC validation fields with their YOLO labels.

@@ -116,8 +116,8 @@ def test_same_request_id_returns_the_same_report(client):
 def test_demo_case_from_real_crops_is_positive_for_acute_leukemia(client):
     report = client.diagnose(case(), crops=crops(len(CROPS)))
     finding = {f.code: f for f in report.findings}["acute_leukemia"]
-    # 160 blasts among 400 cells (40%) of the val and test splits; 2026.11.27f trained
-    # on the val ones, so this checks the flow end to end, not accuracy (test_known_fractions
+    # 160 blasts among 400 cells (40%) of the val and test splits; since 2026.11.27f the
+    # classifier trains on the val ones, so this checks the flow end to end, not accuracy (test_known_fractions
     # uses test crops only). The interval must clear 20%.
     assert report.cells_counted >= 300
     assert finding.status == pb.FINDING_STATUS_POSITIVE, finding.explanation
