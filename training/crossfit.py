@@ -70,9 +70,10 @@ def scores(items, logits: torch.Tensor, taxonomy) -> dict:
     return {d: {"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for d, r in reports.items()}
 
 
-def held_out_views(fold_runs: list[Path], data: Path, limit: int | None = None) -> dict:
+def held_out_views(fold_runs: list[Path], data: Path, limit: int | None = None) -> tuple[dict, list[CropItem]]:
     """The 8-view logits of every pooled train and val crop, each from the fold run
-    that held it out, with each crop's fold and path (what --save-views writes)."""
+    that held it out, with each crop's fold and path (what --save-views writes),
+    and the crops' items."""
     taxonomy = default_taxonomy()
     summaries = [read_summary(r) for r in fold_runs]
     folds = check_folds(summaries)
@@ -90,7 +91,7 @@ def held_out_views(fold_runs: list[Path], data: Path, limit: int | None = None) 
         views[:, rows] = view_logits(model, crops[rows], summary["crop_size"])
         print(json.dumps({"run": str(run), "fold": summary["fold"], "crops": len(rows)}))
     return {"views": views, "fold": assigned, "paths": [str(item.path) for item in items],
-            "folds": folds, "runs": [str(r) for r in fold_runs]}
+            "folds": folds, "runs": [str(r) for r in fold_runs]}, items
 
 
 def items_of(paths: list[str], data: Path) -> list[CropItem]:
@@ -179,9 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         held_out = torch.load(args.from_views)
         if held_out["runs"] != [str(r) for r in args.runs]:
             raise SystemExit(f"{args.from_views} holds the views of {held_out['runs']}, not of these runs")
+        items = items_of(held_out["paths"], args.data)
     else:
-        held_out = held_out_views(args.runs, args.data, args.limit)
-    report = calibrate(held_out, items_of(held_out["paths"], args.data), args.class_bias)
+        held_out, items = held_out_views(args.runs, args.data, args.limit)
+    report = calibrate(held_out, items, args.class_bias)
     if args.save_views and not args.from_views:
         # The held-out view logits, so that post-hoc steps (calibration, ensembles) are
         # compared on them without scoring every crop again.
