@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
-from clients.pacs.spool import PendingCase, Spool, dataset_bytes
+from clients.pacs.spool import PendingCase, Spool, dataset_bytes, is_dicom_uid
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
 from marrowdx.interop.dicom import (
@@ -76,6 +76,8 @@ class BridgeConfig:
     max_fields_per_case: int = 400
     target_count: int = 0  # 0: the service's default
     retry_s: float = 10.0
+    # Calling AE titles allowed to associate; empty: any (a lab network should list its senders).
+    allowed_calling_aes: tuple[str, ...] = ()
     security: ClientSecurity = field(default_factory=lambda: PLAINTEXT)
 
 
@@ -95,6 +97,10 @@ def check_instance(dataset: Dataset) -> str:
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns", "PixelData"):
         if keyword not in dataset:
             return f"{keyword} is missing"
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        # UIDs name folders and requests downstream: anything but digits and dots is refused here.
+        if keyword in dataset and not is_dicom_uid(dataset.get(keyword)):
+            return f"{keyword} is not a valid DICOM UID"
     if sop_class == VL_WHOLE_SLIDE:
         if "TotalPixelMatrixColumns" not in dataset or "TotalPixelMatrixRows" not in dataset:
             return "whole-slide image without its total pixel matrix size"
@@ -115,6 +121,7 @@ class PacsBridge:
         for sop_class in ACCEPTED_IMAGE_CLASSES:
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self.ae.maximum_pdu_size = 0
+        self.ae.require_calling_aet = list(config.allowed_calling_aes)
         self._server = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None

@@ -32,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = ClientSecurity.from_args(args)
     config = BridgeConfig(spool_dir=args.spool, service_address=args.server, destination=args.destination,
                           host=args.host, port=args.port, ae_title=args.ae_title, idle_s=args.idle,
-                          field_size=args.field_size, security=security)
+                          field_size=args.field_size, security=security,
+                          allowed_calling_aes=tuple(args.allow_calling_ae or ()))
     with PacsBridge(config) as bridge:
         print(f"marrowdx-pacs: {args.ae_title} on {args.host}:{bridge.port}, spool {args.spool} "
               "(research use only)", file=sys.stderr, flush=True)
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--ae-title", default="MARROWDX")
+    p.add_argument("--allow-calling-ae", action="append", metavar="AE_TITLE",
+                   help="accept associations only from this calling AE title (repeat for each sender; default: any)")
     p.add_argument("--idle", type=float, default=30.0, help="seconds without a new image before a case runs")
     p.add_argument("--field-size", type=int, default=576, help="whole-slide region size in pixels")
     add_client_security_flags(p)

@@ -10,6 +10,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, e
 from pynetdicom.sop_class import Verification
 
 from clients.pacs.bridge import BULK_ANNOTATIONS, COMPREHENSIVE_SR
+from clients.pacs.spool import is_dicom_uid
 
 
 def send_files(paths: list[Path], host: str, port: int, ae_title: str, calling_ae: str = "MARROWDX-SCU") -> list[int]:
@@ -64,6 +65,8 @@ class StoreSCP:
     def _on_store(self, event) -> int:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
+        if not is_dicom_uid(dataset.get("SOPInstanceUID", "")):
+            return 0xA900  # the file is named by the UID: never let a peer's text pick a path
         dataset.save_as(self.out_dir / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
         self.received.append(dataset)
         return 0x0000

@@ -3,8 +3,12 @@ the C-STORE is acknowledged, rejected ones are kept with their reason, and a
 case moves incoming -> outgoing -> done only when each step has finished. A
 bridge restarted at any point picks up where it was; nothing is dropped.
 
-    spool/incoming/<case key>/<SOP instance UID>.dcm
+    spool/incoming/<case key>/<hash of the SOP instance UID>.dcm
     spool/rejected/<timestamp>-<n>.dcm + .reason.txt
+
+No file name is ever taken from what a peer sent: case folders and instance
+files are named by hashes, and UIDs that are not DICOM UIDs are refused
+before anything is written (a peer's ``../../x`` must not pick a path).
     spool/outgoing/<case key>/*.dcm          results not yet stored at the destination
     spool/done/<case key>/                   received images and results, sent
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -35,6 +40,20 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_dicom_uid(value: object) -> bool:
+    """A DICOM UID (PS3.5 9.1): digits and dots, components separated by single dots, at most 64 characters."""
+    text = str(value)
+    return 0 < len(text) <= 64 and _UID.fullmatch(text) is not None
+
+
+def instance_file_name(sop_instance_uid: object) -> str:
+    """The spool's name for an instance: a hash, so no peer-sent text becomes a path."""
+    return hashlib.sha256(str(sop_instance_uid).encode()).hexdigest()[:32] + ".dcm"
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:
@@ -67,9 +86,11 @@ class Spool:
 
     def accept(self, dataset: Dataset) -> Path:
         """Write a received instance durably; returns its path."""
+        if not is_dicom_uid(dataset.get("SOPInstanceUID", "")):
+            raise ValueError("SOPInstanceUID is not a valid DICOM UID")  # the bridge checks first; never a path
         folder = self.root / "incoming" / case_key(dataset)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{dataset.SOPInstanceUID}.dcm"
+        path = folder / instance_file_name(dataset.SOPInstanceUID)
         _fsync_write(path, dataset_bytes(dataset))
         return path
 

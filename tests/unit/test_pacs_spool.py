@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from pydicom.uid import generate_uid
 
 from clients.pacs.bridge import BridgeConfig, PacsBridge, check_instance
-from clients.pacs.spool import Spool, case_key
+from clients.pacs.spool import Spool, case_key, instance_file_name, is_dicom_uid
 from marrowdx.interop.dicom import smear_image
 
 
@@ -61,3 +62,58 @@ def test_check_instance_names_the_problem():
     ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     assert "not a smear image" in check_instance(ct)
 
+
+
+def _store(port: int, datasets, calling_ae: str = "SCANNER", called_ae: str = "MARROWDX") -> list[int]:
+    """C-STORE data sets as they are (no file round trip) over a real association on loopback."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    for ds in datasets:
+        ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if not assoc.is_established:
+        raise ConnectionError("association refused")
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _listening_bridge(tmp_path, **config):
+    # idle_s is long: these tests look at what the C-STORE leaves on disk, not at cases being run.
+    return PacsBridge(BridgeConfig(spool_dir=tmp_path / "spool", service_address="unused:1", destination=None,
+                                   port=0, idle_s=3600, **config))
+
+
+def test_a_uid_that_is_a_path_is_refused_and_nothing_lands_outside_the_spool(tmp_path):
+    traversal = _image(generate_uid(), 1)
+    traversal.SOPInstanceUID = traversal.file_meta.MediaStorageSOPInstanceUID = "../../../x"
+    bad_study = _image("1.2.3/../../y", 1)
+    good = _image(generate_uid(), 2)
+    assert check_instance(traversal) == "SOPInstanceUID is not a valid DICOM UID"
+    assert check_instance(bad_study) == "StudyInstanceUID is not a valid DICOM UID"
+    with _listening_bridge(tmp_path) as bridge:
+        statuses = _store(bridge.port, [traversal, bad_study, good])
+    assert statuses[0] != 0 and statuses[1] != 0 and statuses[2] == 0
+    assert not list(tmp_path.rglob("x.dcm")) and not list(tmp_path.rglob("y*"))
+    (stored,) = (tmp_path / "spool" / "incoming").rglob("*.dcm")
+    assert stored.name == instance_file_name(good.SOPInstanceUID) and good.SOPInstanceUID not in stored.name
+    assert len(list((tmp_path / "spool" / "rejected").glob("*.reason.txt"))) == 2
+    with pytest.raises(ValueError, match="not a valid DICOM UID"):
+        Spool(tmp_path / "spool").accept(traversal)  # the spool refuses it even if a caller skipped the check
+
+
+@pytest.mark.parametrize(("uid", "valid"), [("1.2.840.10008.5.1.4.1.1.7", True), ("2.25." + "9" * 59, True),
+                                           ("2.25." + "9" * 60, False), ("1..2", False), ("1.2.", False),
+                                           ("", False), ("1.2.3a", False), ("../1.2", False)])
+def test_dicom_uid_syntax(uid, valid):
+    assert is_dicom_uid(uid) is valid
+
+
+def test_only_listed_calling_ae_titles_may_associate(tmp_path):
+    with _listening_bridge(tmp_path, allowed_calling_aes=("SCANNER",)) as bridge:
+        with pytest.raises(ConnectionError):
+            _store(bridge.port, [_image(generate_uid(), 1)], calling_ae="INTRUDER")
+        assert _store(bridge.port, [_image(generate_uid(), 1)], calling_ae="SCANNER") == [0]
+    assert len(list((tmp_path / "spool" / "incoming").rglob("*.dcm"))) == 1
