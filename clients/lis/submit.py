@@ -60,11 +60,16 @@ def images_of(files: list[Path]) -> Iterator[pb.Image]:
 
 
 def request_id_for(case_id: str, accession: str, files: list[Path]) -> str:
-    """Same case and files, same request id: a resubmission returns the stored report."""
+    """Same case and same file contents, same request id: a resubmission returns the stored
+    report. The bytes are hashed, not names and sizes: a re-scan written under the same
+    names must be a new request, never answered with the stale report."""
     digest = hashlib.sha256(f"{case_id}\0{accession}".encode())
     for path in files:
-        digest.update(path.name.encode())
-        digest.update(str(path.stat().st_size).encode())
+        content = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):  # one chunk in memory at a time
+                content.update(chunk)
+        digest.update(len(path.name.encode()).to_bytes(4, "big") + path.name.encode() + content.digest())
     return digest.hexdigest()[:32]
 
 
