@@ -101,16 +101,18 @@ class CellCall(_message.Message):
     def __init__(self, source_index: _Optional[int] = ..., image_id: _Optional[str] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ..., detection_score: _Optional[float] = ..., detector_category: _Optional[str] = ..., countable: _Optional[bool] = ..., exclusion_reason: _Optional[_Union[ExclusionReason, str]] = ..., cell_class: _Optional[str] = ..., top_k: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
-    __slots__ = ("detector", "classifier", "taxonomy", "rule_set")
+    __slots__ = ("detector", "classifier", "taxonomy", "rule_set", "confusion")
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     TAXONOMY_FIELD_NUMBER: _ClassVar[int]
     RULE_SET_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_FIELD_NUMBER: _ClassVar[int]
     detector: str
     classifier: str
     taxonomy: str
     rule_set: str
-    def __init__(self, detector: _Optional[str] = ..., classifier: _Optional[str] = ..., taxonomy: _Optional[str] = ..., rule_set: _Optional[str] = ...) -> None: ...
+    confusion: str
+    def __init__(self, detector: _Optional[str] = ..., classifier: _Optional[str] = ..., taxonomy: _Optional[str] = ..., rule_set: _Optional[str] = ..., confusion: _Optional[str] = ...) -> None: ...
 
 class Thresholds(_message.Message):
     __slots__ = ("detection_score", "reject_probability", "overlap_iou", "minimum_count", "target_count", "duplicate_iou")
@@ -296,7 +298,7 @@ class DifferentialItem(_message.Message):
     def __init__(self, cell_class: _Optional[str] = ..., label: _Optional[str] = ..., count: _Optional[int] = ..., percent: _Optional[float] = ..., ci_low_percent: _Optional[float] = ..., ci_high_percent: _Optional[float] = ..., trained: _Optional[bool] = ...) -> None: ...
 
 class Finding(_message.Message):
-    __slots__ = ("code", "label", "status", "measured_percent", "ci_low_percent", "ci_high_percent", "threshold_percent", "rule_id", "source", "explanation", "additional_cells_needed")
+    __slots__ = ("code", "label", "status", "measured_percent", "ci_low_percent", "ci_high_percent", "threshold_percent", "rule_id", "source", "explanation", "additional_cells_needed", "urgent", "not_assessed", "tier", "no_count_decides", "specimen")
     CODE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +310,11 @@ class Finding(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     ADDITIONAL_CELLS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    URGENT_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASSESSED_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    NO_COUNT_DECIDES_FIELD_NUMBER: _ClassVar[int]
+    SPECIMEN_FIELD_NUMBER: _ClassVar[int]
     code: str
     label: str
     status: FindingStatus
@@ -319,10 +326,15 @@ class Finding(_message.Message):
     source: str
     explanation: str
     additional_cells_needed: int
-    def __init__(self, code: _Optional[str] = ..., label: _Optional[str] = ..., status: _Optional[_Union[FindingStatus, str]] = ..., measured_percent: _Optional[float] = ..., ci_low_percent: _Optional[float] = ..., ci_high_percent: _Optional[float] = ..., threshold_percent: _Optional[float] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., explanation: _Optional[str] = ..., additional_cells_needed: _Optional[int] = ...) -> None: ...
+    urgent: bool
+    not_assessed: bool
+    tier: str
+    no_count_decides: bool
+    specimen: str
+    def __init__(self, code: _Optional[str] = ..., label: _Optional[str] = ..., status: _Optional[_Union[FindingStatus, str]] = ..., measured_percent: _Optional[float] = ..., ci_low_percent: _Optional[float] = ..., ci_high_percent: _Optional[float] = ..., threshold_percent: _Optional[float] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., explanation: _Optional[str] = ..., additional_cells_needed: _Optional[int] = ..., urgent: _Optional[bool] = ..., not_assessed: _Optional[bool] = ..., tier: _Optional[str] = ..., no_count_decides: _Optional[bool] = ..., specimen: _Optional[str] = ...) -> None: ...
 
 class CaseReport(_message.Message):
-    __slots__ = ("report_id", "case_info", "created_at", "differential", "excluded_counts", "cells_counted", "target_count", "minimum_count", "myeloid_erythroid_ratio", "findings", "conclusion", "models", "thresholds", "timings", "evidence", "images_received", "disclaimer")
+    __slots__ = ("report_id", "case_info", "created_at", "differential", "excluded_counts", "cells_counted", "target_count", "minimum_count", "myeloid_erythroid_ratio", "findings", "conclusion", "models", "thresholds", "timings", "evidence", "images_received", "disclaimer", "myeloid_erythroid_ratio_ci_low", "myeloid_erythroid_ratio_ci_high", "not_assessed")
     class ExcludedCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +359,9 @@ class CaseReport(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DISCLAIMER_FIELD_NUMBER: _ClassVar[int]
+    MYELOID_ERYTHROID_RATIO_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    MYELOID_ERYTHROID_RATIO_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASSESSED_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     case_info: CaseInfo
     created_at: str
@@ -364,7 +379,10 @@ class CaseReport(_message.Message):
     evidence: _containers.RepeatedCompositeFieldContainer[CellCall]
     images_received: int
     disclaimer: str
-    def __init__(self, report_id: _Optional[str] = ..., case_info: _Optional[_Union[CaseInfo, _Mapping]] = ..., created_at: _Optional[str] = ..., differential: _Optional[_Iterable[_Union[DifferentialItem, _Mapping]]] = ..., excluded_counts: _Optional[_Mapping[str, int]] = ..., cells_counted: _Optional[int] = ..., target_count: _Optional[int] = ..., minimum_count: _Optional[int] = ..., myeloid_erythroid_ratio: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., conclusion: _Optional[str] = ..., models: _Optional[_Union[ModelVersions, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., evidence: _Optional[_Iterable[_Union[CellCall, _Mapping]]] = ..., images_received: _Optional[int] = ..., disclaimer: _Optional[str] = ...) -> None: ...
+    myeloid_erythroid_ratio_ci_low: float
+    myeloid_erythroid_ratio_ci_high: float
+    not_assessed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, report_id: _Optional[str] = ..., case_info: _Optional[_Union[CaseInfo, _Mapping]] = ..., created_at: _Optional[str] = ..., differential: _Optional[_Iterable[_Union[DifferentialItem, _Mapping]]] = ..., excluded_counts: _Optional[_Mapping[str, int]] = ..., cells_counted: _Optional[int] = ..., target_count: _Optional[int] = ..., minimum_count: _Optional[int] = ..., myeloid_erythroid_ratio: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., conclusion: _Optional[str] = ..., models: _Optional[_Union[ModelVersions, _Mapping]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., evidence: _Optional[_Iterable[_Union[CellCall, _Mapping]]] = ..., images_received: _Optional[int] = ..., disclaimer: _Optional[str] = ..., myeloid_erythroid_ratio_ci_low: _Optional[float] = ..., myeloid_erythroid_ratio_ci_high: _Optional[float] = ..., not_assessed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetReportRequest(_message.Message):
     __slots__ = ("report_id", "accession_id")
