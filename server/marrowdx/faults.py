@@ -10,7 +10,11 @@ while this script, in order:
    bounded);
 3. sends bad input (corrupt, truncated, empty, non-image bytes, a
    decompression bomb): INVALID_ARGUMENT, and it keeps serving;
-4. kills the front service with SIGKILL and starts it again on the same
+4. a cancellation storm: waves of calls at its in-flight limit, unary ones
+   cancelled mid-flight or past a short deadline and streams cancelled after
+   their first answers (the service must give every slot back: the in-flight
+   gauge returns to 0 and it still serves);
+5. kills the front service with SIGKILL and starts it again on the same
    database.
 
 A case that failed with UNAVAILABLE (or a broken connection) is retried with
@@ -46,6 +50,7 @@ from PIL import Image
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client, image_message, list_images
+from marrowdx.inference.launcher import free_port
 from marrowdx.procinfo import rss_mb, start_service_process
 from marrowdx.settings import PROJECT_ROOT, Settings
 
@@ -91,7 +96,9 @@ class FaultRun:
         self.crops_per_case = crops_per_case
         self.tally = Tally()
         self.stop = threading.Event()
-        self.env = {"MARROWDX_MAX_IN_FLIGHT": str(IN_FLIGHT_LIMIT)}
+        self.quiet = threading.Event()  # the steady load pauses while set (to read an idle in-flight gauge)
+        self.metrics_port = free_port()
+        self.env = {"MARROWDX_MAX_IN_FLIGHT": str(IN_FLIGHT_LIMIT), "MARROWDX_METRICS_PORT": str(self.metrics_port)}
         self.proc, self.address = start_service_process(state_dir, model_repository, env=self.env)
         self.port = int(self.address.rsplit(":", 1)[1])
         self.events: list[dict] = []
@@ -106,6 +113,9 @@ class FaultRun:
         n = 0
         with Client(self.address, timeout_s=30) as client:
             while not self.stop.is_set():
+                if self.quiet.is_set():
+                    time.sleep(0.05)
+                    continue
                 info, crops = self._case(worker, n)
                 n += 1
                 self._submit(client, info, crops, streamed=worker == 0)
@@ -215,6 +225,72 @@ class FaultRun:
             serving = len(client.classify([self.crops[0]]).cells) == 1
         return {"fault": "bad input", "codes": codes, "served_afterwards": serving}
 
+    def in_flight(self) -> float | None:
+        """The service's ``marrowdx_rpcs_in_flight`` gauge, from its /metrics (None: unreadable)."""
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("marrowdx_rpcs_in_flight "):
+                return float(line.split()[1])
+        return None
+
+    def cancellation_storm(self, waves: int = 4) -> dict:
+        """Waves of IN_FLIGHT_LIMIT calls, each cancelled or timed out mid-flight. A slot leaked per
+        cancelled call would refuse everything after the first wave; the gauge must end at 0."""
+        from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+
+        codes: Counter = Counter()
+        crops = self.crops[:40]
+        self.quiet.set()
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                stub = pb_grpc.DiagnosisServiceStub(channel)
+                for _ in range(waves):
+                    calls = []
+                    for i in range(IN_FLIGHT_LIMIT):
+                        kind = i % 3
+                        if kind == 0:
+                            request = pb.DiagnoseCaseRequest(case_info=pb.CaseInfo(
+                                case_id="storm", specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE), crops=crops)
+                            calls.append((True, stub.DiagnoseCase.future(request, timeout=60)))
+                        elif kind == 1:
+                            calls.append((True, stub.ClassifyCells.future(pb.ClassifyCellsRequest(crops=crops),
+                                                                          timeout=0.3)))
+                        else:
+                            def requests():
+                                yield pb.DiagnoseCaseStreamRequest(start=pb.CaseInfo(
+                                    case_id="storm", specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE))
+                                for crop in crops:
+                                    yield pb.DiagnoseCaseStreamRequest(crop=crop)
+                                    time.sleep(0.05)
+                            calls.append((False, stub.DiagnoseCaseStream(requests(), timeout=60)))
+                    time.sleep(0.3)
+                    for _, call in calls:
+                        call.cancel()
+                    for unary, call in calls:
+                        try:
+                            call.result() if unary else list(call)
+                            codes["OK"] += 1
+                        except grpc.RpcError as exc:
+                            codes[exc.code().name] += 1
+                        except grpc.FutureCancelledError:
+                            codes["CANCELLED"] += 1
+            deadline = time.monotonic() + 30
+            gauge = self.in_flight()
+            while gauge != 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                gauge = self.in_flight()
+            with Client(self.address, timeout_s=30) as client:
+                serving = len(client.classify([self.crops[0]]).cells) == 1
+        finally:
+            self.quiet.clear()
+        return {"fault": f"cancellation storm: {waves} waves of {IN_FLIGHT_LIMIT} calls cancelled or timed out",
+                "codes": dict(codes), "in_flight_after": gauge, "served_afterwards": serving}
+
     # -- end ------------------------------------------------------------------------------------------
     def verify(self) -> dict:
         """Every acknowledged report must be readable after everything that happened."""
@@ -244,7 +320,8 @@ def run_faults(duration_s: float, state_dir: Path, model_repository: Path) -> di
     started = time.monotonic()
     pool = ThreadPoolExecutor(run.workers)
     futures = [pool.submit(run._worker, i) for i in range(run.workers)]
-    steps = [("kill_triton", 0.15), ("overload", 0.35), ("bad_input", 0.5), ("kill_service", 0.65)]
+    steps = [("kill_triton", 0.15), ("overload", 0.3), ("bad_input", 0.42), ("cancellation_storm", 0.52),
+             ("kill_service", 0.65)]
     try:
         for name, at in steps:
             time.sleep(max(0.0, started + at * duration_s - time.monotonic()))
@@ -287,5 +364,7 @@ def main_faults(duration_s: float, json_path: str | None, settings: Settings, st
     print(f"reproduce: {command}")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
-    ok = result["lost"] == 0 and result["healthy_at_end"]
+    # Every fault must also leave the service serving, and the storm must leave no call in flight.
+    ok = (result["lost"] == 0 and result["healthy_at_end"]
+          and all(e.get("served_afterwards", True) and e.get("in_flight_after", 0) == 0 for e in result["faults"]))
     return 0 if ok else 1

@@ -24,6 +24,9 @@ def test_no_acknowledged_report_is_lost_across_kill_9s(tmp_path):
     overload = events["overload"]
     assert overload["codes"].get("RESOURCE_EXHAUSTED", 0) > 0 and overload["codes"].get("OK", 0) > 0
     assert overload["front_rss_mb_peak"] < 4 * max(overload["front_rss_mb_before"], 100)
+    storm = events["cancellation storm"]
+    assert storm["in_flight_after"] == 0 and storm["served_afterwards"]
+    assert storm["codes"].get("CANCELLED", 0) + storm["codes"].get("DEADLINE_EXCEEDED", 0) > 0
     bad = events["bad input"]
     assert set(bad["codes"].values()) == {"INVALID_ARGUMENT"} and bad["served_afterwards"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -125,3 +126,69 @@ def test_a_cancelled_case_stops_its_work_and_stores_nothing(stack):
     time.sleep(max(1.0, time.monotonic() - start))
     # Had the work gone on after the deadline, the report would have been committed by now.
     assert stack.runtime.store.by_request_id(request_id, "local") is None
+
+
+def in_flight_gauge() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("marrowdx_rpcs_in_flight")
+
+
+def test_a_storm_of_cancelled_and_timed_out_calls_leaves_no_slot_taken_and_every_call_audited(stack):
+    """Unary calls cancelled mid-flight, calls whose deadline passes, streams cancelled after their
+    first answer, all at once: afterwards nothing is in flight, each call has its audit row, and
+    the service still answers (a leaked slot per call would soon refuse everything)."""
+    import asyncio
+
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
+
+    crops = [pb.Image(data=p.read_bytes()) for p in CROPS[:40]]
+    ids = [f"storm-{uuid.uuid4().hex}" for _ in range(36)]
+
+    async def storm(address):
+        async with grpc.aio.insecure_channel(address) as ch:
+            stub = pb_grpc.DiagnosisServiceStub(ch)
+
+            async def cancelled(rid):
+                call = stub.DiagnoseCase(pb.DiagnoseCaseRequest(case_info=pb.CaseInfo(case_id="storm"), crops=crops),
+                                         metadata=(("x-request-id", rid),), timeout=60)
+                await asyncio.sleep(0.3)
+                call.cancel()
+
+            async def timed_out(rid):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.ClassifyCells(pb.ClassifyCellsRequest(crops=crops), metadata=(("x-request-id", rid),),
+                                             timeout=0.3)
+
+            async def stream_cancelled(rid):
+                async def requests():
+                    yield pb.DiagnoseCaseStreamRequest(start=pb.CaseInfo(case_id="storm"))
+                    for crop in crops:
+                        yield pb.DiagnoseCaseStreamRequest(crop=crop)
+                        await asyncio.sleep(0.05)
+
+                call = stub.DiagnoseCaseStream(requests(), metadata=(("x-request-id", rid),), timeout=60)
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                    await call.read()
+                call.cancel()
+
+            kinds = (cancelled, timed_out, stream_cancelled)
+            await asyncio.gather(*(kinds[i % 3](rid) for i, rid in enumerate(ids)))
+
+    asyncio.run(storm(stack.address))
+    deadline = time.monotonic() + 30
+    while in_flight_gauge() != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert in_flight_gauge() == 0
+
+    def storm_rows():
+        return {e.request_id: e.outcome for e in stack.runtime.audit.recent(5000) if e.request_id.startswith("storm-")}
+
+    while len(storm_rows()) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = storm_rows()
+    assert set(rows) == set(ids)
+    assert set(rows.values()) <= {"CANCELLED", "DEADLINE_EXCEEDED", "OK", "RESOURCE_EXHAUSTED"}
+    assert "CANCELLED" in rows.values() and "DEADLINE_EXCEEDED" in rows.values()
+    with Client(stack.address) as client:
+        assert len(client.classify([image_message(CROPS[0])]).cells) == 1

@@ -4,6 +4,8 @@ servicer method, so each concern lives once."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 import uuid
@@ -47,79 +49,109 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+def _ended_by_cancel(context: grpc.aio.ServicerContext) -> str:
+    """The code a call cancelled under us ended with: its deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
 def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
     """Decorate a servicer coroutine (or async generator when ``streaming``).
-    ``role`` None: any authenticated caller. The servicer provides ``limit`` (InFlightLimit), ``auth`` (Authenticator) and ``audit`` (AuditLog)."""
+    ``role`` None: any authenticated caller. The servicer provides ``limit`` (InFlightLimit), ``auth`` (Authenticator) and ``audit`` (AuditLog).
+
+    However a call ends (a result, an error, its deadline, the client cancelling, a stream
+    closed under it), one ``finally`` gives its in-flight slot back and writes its audit row:
+    cancellation arrives as ``CancelledError`` and a closed stream as ``GeneratorExit``, neither
+    of which is an ``Exception``."""
 
     def decorate(fn: Callable) -> Callable:
-        def _enter(self, context, who: list) -> None:
-            """Identify the caller (into ``who``, for the audit), check the role, take an
+        def _enter(self, context, call: _Call) -> None:
+            """Identify the caller (into ``call``, for the audit), check the role, take an
             in-flight slot; raises to refuse."""
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
-            who[0] = self.auth.authenticate(context)
-            structlog.contextvars.bind_contextvars(client_id=who[0].client_id)
+            call.principal = self.auth.authenticate(context)
+            structlog.contextvars.bind_contextvars(client_id=call.principal.client_id)
             if role is not None:
-                who[0].require(role)
+                call.principal.require(role)
             self.limit.enter()
+            call.holds_slot = True
 
-        async def _refuse(self, context, start: float, who: list, exc: BaseException) -> None:
-            status = to_status(exc)
-            _account(self, context, start, who, status.code.name, status.details)
+        async def _fail(self, context, call: _Call, exc: Exception) -> None:
+            status = to_status(exc)  # mapped once, here
+            call.code, call.error = status.code.name, status.details
             await context.abort_with_status(status)
 
-        def _account(self, context, start: float, who: list, code: str, error: str = "") -> None:
-            elapsed = time.perf_counter() - start
-            RPCS.labels(method, code).inc()
+        async def _end(self, context, call: _Call) -> None:
+            if call.holds_slot:
+                call.holds_slot = False
+                self.limit.leave()
+            elapsed = time.perf_counter() - call.start
+            RPCS.labels(method, call.code).inc()
             LATENCY.labels(method).observe(elapsed)
-            if code == "OK":
+            if call.code == "OK":
                 log.info("rpc.ok", ms=round(elapsed * 1e3, 1))
             else:
-                log.info("rpc.failed", code=code, error=error, ms=round(elapsed * 1e3, 1))
+                log.info("rpc.failed", code=call.code, error=call.error, ms=round(elapsed * 1e3, 1))
             bound = structlog.contextvars.get_contextvars()
-            principal = who[0]
-            self.audit.record(principal.client_id if principal else "", principal.org if principal else "", method, code,
-                              request_id=bound.get("request_id", ""), case_ref=bound.get("case_ref", ""),
-                              report_id=bound.get("report_id", ""), peer=context.peer() or "")
+            principal = call.principal
+            written = self.audit.submit(principal.client_id if principal else "", principal.org if principal else "",
+                                        method, call.code, request_id=bound.get("request_id", ""),
+                                        case_ref=bound.get("case_ref", ""), report_id=bound.get("report_id", ""),
+                                        peer=context.peer() or "")
             structlog.contextvars.clear_contextvars()
+            # Wait for the row so that it exists when the caller has its answer; if this task is
+            # cancelled again meanwhile, the worker still writes it.
+            await asyncio.shield(written)
 
         if streaming:
             @functools.wraps(fn)
             async def stream_wrapper(self, request_iterator, context):
-                who: list = [None]
-                start = time.perf_counter()
+                call = _Call()
                 try:
-                    _enter(self, context, who)
-                except Exception as exc:
-                    await _refuse(self, context, start, who, exc)
-                try:
-                    async for item in fn(self, request_iterator, context):
-                        yield item
-                except Exception as exc:  # mapped once, in to_status
-                    self.limit.leave()
-                    await _refuse(self, context, start, who, exc)
-                    return
-                self.limit.leave()
-                _account(self, context, start, who, "OK")
+                    try:
+                        _enter(self, context, call)
+                        async with contextlib.aclosing(fn(self, request_iterator, context)) as items:
+                            async for item in items:
+                                yield item
+                        call.code = "OK"
+                    except Exception as exc:
+                        await _fail(self, context, call, exc)
+                except (asyncio.CancelledError, GeneratorExit):
+                    call.code = _ended_by_cancel(context)
+                    raise
+                finally:
+                    await _end(self, context, call)
             return stream_wrapper
 
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            who: list = [None]
-            start = time.perf_counter()
+            call = _Call()
             try:
-                _enter(self, context, who)
-            except Exception as exc:
-                await _refuse(self, context, start, who, exc)
-            try:
-                response = await fn(self, request, context)
-            except Exception as exc:
-                self.limit.leave()
-                await _refuse(self, context, start, who, exc)
-                raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
-            self.limit.leave()
-            _account(self, context, start, who, "OK")
-            return response
+                try:
+                    _enter(self, context, call)
+                    response = await fn(self, request, context)
+                    call.code = "OK"
+                    return response
+                except Exception as exc:
+                    await _fail(self, context, call, exc)
+                    raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
+            except asyncio.CancelledError:
+                call.code = _ended_by_cancel(context)
+                raise
+            finally:
+                await _end(self, context, call)
         return wrapper
 
     return decorate
+
+
+class _Call:
+    """What one call's ``finally`` needs: who called, how it ended, whether it holds a slot."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.principal = None
+        self.holds_slot = False
+        self.code = "UNKNOWN"  # anything not caught below (a BaseException) ends as UNKNOWN in the audit
+        self.error = ""

@@ -10,7 +10,9 @@ the last few.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +59,13 @@ class AuditLog:
         self._lock = threading.Lock()
         self._db = connect(path, synchronous="NORMAL")
         self._db.executescript(SCHEMA)
+        # One worker: rows are written off the event loop, in the order the calls ended.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="marrowdx-audit")
+
+    def submit(self, *args: str, **kwargs: str) -> asyncio.Future:
+        """``record`` on the audit worker thread; the row is written even if the awaiting task is
+        cancelled (an RPC ending by cancellation still gets its row)."""
+        return asyncio.get_running_loop().run_in_executor(self._writer, lambda: self.record(*args, **kwargs))
 
     def record(self, client_id: str, org: str, method: str, outcome: str, request_id: str = "",
                case_ref: str = "", report_id: str = "", peer: str = "") -> None:
@@ -72,5 +81,6 @@ class AuditLog:
         return [AuditEntry(*row) for row in reversed(rows)]
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)  # rows already submitted are written first
         with self._lock:
             self._db.close()
