@@ -4,6 +4,12 @@
 # install when pyproject.toml has not changed since the last one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# dcmtk (storescu/storescp/dsrdump) is the independent DICOM peer of the PACS tests. Installed
+# when missing and we are root (CI, containers); elsewhere those tests skip and say why.
+if ! command -v storescu >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk; } >/dev/null \
+    || echo "bootstrap: could not install dcmtk; the DICOM peer tests will skip" >&2
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

@@ -55,6 +55,22 @@ CANNOT_UNDERSTAND = 0xC000
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 
 
+# Failures that say nothing about the study: retried with backoff for as long as they last.
+TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED,
+                   grpc.StatusCode.PERMISSION_DENIED}
+# May be transient (a service fault): retried max_attempts times, then the study is rejected.
+MAYBE_TRANSIENT_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+
+
+class ObjectUnusable(Exception):
+    """One spooled object cannot be used (unreadable, or refused by the service): it is rejected alone."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
 @dataclass(frozen=True)
 class Destination:
     host: str
@@ -75,7 +91,9 @@ class BridgeConfig:
     field_size: int = 576
     max_fields_per_case: int = 400
     target_count: int = 0  # 0: the service's default
-    retry_s: float = 10.0
+    retry_s: float = 10.0  # first retry of a deferred study or send; doubles each time
+    retry_max_s: float = 600.0
+    max_attempts: int = 5  # for INTERNAL/UNKNOWN from the service, before the study is rejected
     # Calling AE titles allowed to associate; empty: any (a lab network should list its senders).
     allowed_calling_aes: tuple[str, ...] = ()
     security: ClientSecurity = field(default_factory=lambda: PLAINTEXT)
@@ -126,7 +144,10 @@ class PacsBridge:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._retry_after: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self.reports: dict[str, str] = {}  # case key -> report id, for the log and tests
+        self.rejected: dict[str, str] = {}  # case key -> reason, studies moved to spool/rejected
+        self.service_calls = 0  # case runs started against the service
         self.port = config.port
 
     # -- DICOM in ---------------------------------------------------------------------------------------
@@ -188,63 +209,121 @@ class PacsBridge:
             self._stop.wait(self.config.poll_s)
 
     def step(self, now: float | None = None) -> None:
-        """One pass: send results not yet delivered, then run cases that are ready."""
+        """One pass: send results not yet delivered, then run cases that are ready. Every study is
+        handled on its own: whatever one raises is classified (retry later, or reject) and the walk
+        goes on to the next, so one bad object or study never holds up another."""
         now = time.time() if now is None else now
         for key, files in self.spool.unsent():
-            if self._retry_after.get(f"send:{key}", 0) <= now:
-                self._deliver(key, files, now)
-        for case in self.spool.pending():
-            if self._retry_after.get(case.key, 0) > now or not self._ready(case, now):
+            if self._retry_after.get(f"send:{key}", 0) > now:
                 continue
             try:
+                self._deliver(key, files, now)
+            except Exception as exc:  # an unreadable result, a broken association: back off, try later
+                self._back_off(f"send:{key}", now)
+                log.warning("pacs.send_failed", case=key, error=type(exc).__name__)
+        for case in self.spool.pending():
+            if self._retry_after.get(case.key, 0) > now:
+                continue
+            try:
+                if not self._ready(case, now):
+                    continue
                 self._process(case)
-            except grpc.RpcError as exc:
-                log.warning("pacs.case_deferred", case=case.key, code=exc.code().name)
-                self._retry_after[case.key] = now + self.config.retry_s
-            except DicomInputError as exc:
-                log.warning("pacs.case_unusable", case=case.key, reason=str(exc))
-                self._retry_after[case.key] = float("inf")  # kept in the spool for a person
+                self._failures.pop(case.key, None)
+            except Exception as exc:
+                self._case_failed(case, exc, now)
+
+    def _back_off(self, key: str, now: float) -> int:
+        """Exponential backoff from retry_s up to retry_max_s; returns the number of failures so far."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        self._retry_after[key] = now + min(self.config.retry_s * 2 ** (failures - 1), self.config.retry_max_s)
+        return failures
+
+    def _case_failed(self, case: PendingCase, exc: Exception, now: float) -> None:
+        """Retry what can succeed later (service or disk), reject what cannot, with the reason."""
+        if isinstance(exc, ObjectUnusable):
+            # One object is the problem: it goes to rejected with the reason, the rest of the study runs next pass.
+            self.spool.reject_file(exc.path, exc.reason)
+            log.warning("pacs.object_rejected", case=case.key, reason=exc.reason[:200])
+            return
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code()
+            if code in TRANSIENT_CODES:  # service down, busy or misconfigured: nothing wrong with the study
+                failures = self._back_off(case.key, now)
+                log.warning("pacs.case_deferred", case=case.key, code=code.name, failures=failures)
+                return
+            if code in MAYBE_TRANSIENT_CODES and self._back_off(case.key, now) < self.config.max_attempts:
+                log.warning("pacs.case_deferred", case=case.key, code=code.name, failures=self._failures[case.key])
+                return
+            reason = f"the service refused the study: {code.name}: {exc.details()}"
+        elif isinstance(exc, OSError):  # a full or failing disk: the study itself may be fine
+            failures = self._back_off(case.key, now)
+            log.warning("pacs.case_deferred", case=case.key, error=type(exc).__name__, failures=failures)
+            return
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        self.spool.reject_case(case.key, case.files, reason)
+        self._failures.pop(case.key, None)
+        self._retry_after.pop(case.key, None)
+        self.rejected[case.key] = reason
+        log.warning("pacs.case_rejected", case=case.key, reason=reason[:200])
 
     def _ready(self, case: PendingCase, now: float) -> bool:
         if now - case.last_received >= self.config.idle_s:
             return True
-        header = dcmread(case.files[0], stop_before_pixels=True)
+        try:
+            header = dcmread(case.files[0], stop_before_pixels=True)
+        except Exception as exc:
+            raise ObjectUnusable(case.files[0], f"the stored object cannot be read: {exc}") from None
         expected = int(header.get("ImagesInAcquisition", 0) or 0)
         return expected > 0 and len(case.files) >= expected
 
     def _fields(self, headers: list[Dataset], files: list[Path]):
-        """(PNG bytes, FieldOrigin or None where boxes cannot be annotated) for every field of the case."""
+        """(file, PNG bytes, FieldOrigin or None where boxes cannot be annotated) for every field of the case."""
         for position, (header, path) in enumerate(zip(headers, files, strict=True)):
-            for png, x, y, annotatable in file_fields(path, header, self.config.field_size):
-                yield png, FieldOrigin(position, x, y) if annotatable else None
+            try:
+                for png, x, y, annotatable in file_fields(path, header, self.config.field_size):
+                    yield path, png, FieldOrigin(position, x, y) if annotatable else None
+            except DicomInputError as exc:
+                raise ObjectUnusable(path, str(exc)) from None
 
     def _process(self, case: PendingCase) -> None:
-        headers = [dcmread(p, stop_before_pixels=True) for p in case.files]
+        headers = []
+        for path in case.files:
+            try:
+                headers.append(dcmread(path, stop_before_pixels=True))
+            except Exception as exc:
+                raise ObjectUnusable(path, f"the stored object cannot be read: {exc}") from None
         # Same inputs, same request id: a retry after a failure returns the report already made.
         request_id = hashlib.sha256("".join(sorted(str(h.SOPInstanceUID) for h in headers)).encode()).hexdigest()[:32]
         info = pb.CaseInfo(case_id=str(headers[0].StudyInstanceUID), accession_id=str(headers[0].get("AccessionNumber", "")),
                            request_id=request_id, target_count=self.config.target_count)
         origins: dict[int, FieldOrigin] = {}
+        sent_from: dict[int, Path] = {}  # field index -> its object, to name the one the service refuses
 
         def images():
-            for i, (png, origin) in enumerate(self._fields(headers, case.files)):
+            for i, (path, png, origin) in enumerate(self._fields(headers, case.files)):
                 if i >= self.config.max_fields_per_case:
                     return
+                sent_from[i] = path
                 if origin is not None:
                     origins[i] = origin
                 yield pb.Image(data=png, image_id=f"{i:05d}.png")
 
         report = None
+        self.service_calls += 1
         with Client(self.config.service_address, timeout_s=600, security=self.config.security) as client:
             for response in client.diagnose_stream(info, images(), as_crops=False, stop_at_target=True):
                 if response.HasField("report"):
                     report = response.report
         if report is None:
             raise DicomInputError("the service returned no report")
-        sr = render_sr(report, headers)
-        self.spool.write_result(case.key, "sr.dcm", sr)
-        for n, annotation in enumerate(render_annotations(report, headers, origins), start=1):
-            self.spool.write_result(case.key, f"ann-{n:03d}.dcm", annotation)
+        # Everything is rendered in memory first: a study that fails here leaves no half set of results.
+        results = [("sr.dcm", render_sr(report, headers))]
+        results += [(f"ann-{n:03d}.dcm", annotation)
+                    for n, annotation in enumerate(render_annotations(report, headers, origins), start=1)]
+        for name, dataset in results:
+            self.spool.write_result(case.key, name, dataset)
         self.spool.finish_inputs(case.key, case.files)
         self.reports[case.key] = report.report_id
         log.info("pacs.case_done", case=case.key, report_id=report.report_id, cells=report.cells_counted,
@@ -261,19 +340,29 @@ class PacsBridge:
         assoc = sender.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
             log.warning("pacs.destination_unreachable", host=destination.host, port=destination.port)
-            self._retry_after[f"send:{key}"] = now + self.config.retry_s
+            self._back_off(f"send:{key}", now)
             return
-        sent = []
+        sent, refused = [], []
         try:
             for path in files:
                 status = assoc.send_c_store(dcmread(path))
-                if status and int(status.Status) == SUCCESS:
+                code = int(status.Status) if status and "Status" in status else None
+                if code is not None and (code == SUCCESS or 0xB000 <= code <= 0xBFFF):  # warnings: stored
                     sent.append(path)
+                elif code is not None and not 0xA700 <= code <= 0xA7FF:
+                    # Refused for what it is (not for lack of room): sending it again cannot succeed.
+                    refused.append((path, f"the destination refused it with status 0x{code:04X}"
+                                          + (f": {status.ErrorComment}" if "ErrorComment" in status else "")))
                 else:
-                    log.warning("pacs.store_refused", file=path.name,
-                                status=hex(int(status.Status)) if status else "no answer")
+                    log.warning("pacs.store_deferred", file=path.name,
+                                status=f"0x{code:04X}" if code is not None else "no answer")
         finally:
             assoc.release()
         self.spool.finish_outputs(key, sent)
-        if len(sent) < len(files):
-            self._retry_after[f"send:{key}"] = now + self.config.retry_s
+        for path, reason in refused:
+            self.spool.reject_file(path, reason)
+            log.warning("pacs.result_rejected", case=key, file=path.name, reason=reason[:200])
+        if len(sent) + len(refused) < len(files):
+            self._back_off(f"send:{key}", now)
+        else:
+            self._failures.pop(f"send:{key}", None)

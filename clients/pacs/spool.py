@@ -4,7 +4,8 @@ case moves incoming -> outgoing -> done only when each step has finished. A
 bridge restarted at any point picks up where it was; nothing is dropped.
 
     spool/incoming/<case key>/<hash of the SOP instance UID>.dcm
-    spool/rejected/<timestamp>-<n>.dcm + .reason.txt
+    spool/rejected/<timestamp>-<n>.dcm + .reason.txt   one object refused (at C-STORE or later)
+    spool/rejected/<case key>/ + <case key>.reason.txt  a study that cannot succeed on retry
 
 No file name is ever taken from what a peer sent: case folders and instance
 files are named by hashes, and UIDs that are not DICOM UIDs are refused
@@ -15,6 +16,7 @@ before anything is written (a peer's ``../../x`` must not pick a path).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -54,6 +56,11 @@ def is_dicom_uid(value: object) -> bool:
 def instance_file_name(sop_instance_uid: object) -> str:
     """The spool's name for an instance: a hash, so no peer-sent text becomes a path."""
     return hashlib.sha256(str(sop_instance_uid).encode()).hexdigest()[:32] + ".dcm"
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:
@@ -96,13 +103,37 @@ class Spool:
 
     def reject(self, raw: bytes, reason: str) -> Path:
         """Keep what could not be used, with why, for a person to look at."""
-        with self._lock:
-            self._rejected += 1
-            stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._rejected}"
-        path = self.root / "rejected" / f"{stem}.dcm"
+        path = self.root / "rejected" / f"{self._stem()}.dcm"
         _fsync_write(path, raw)
         _fsync_write(path.with_suffix(".reason.txt"), reason.encode())
         return path
+
+    def _stem(self) -> str:
+        with self._lock:
+            self._rejected += 1
+            return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._rejected}"
+
+    def reject_file(self, path: Path, reason: str) -> Path:
+        """Move one spooled object (incoming or outgoing) to rejected, with why; the rest of its study goes on."""
+        target = self.root / "rejected" / f"{self._stem()}.dcm"
+        _fsync_write(target.with_suffix(".reason.txt"), reason.encode())
+        os.replace(path, target)
+        _remove_if_empty(path.parent)
+        return target
+
+    def reject_case(self, key: str, files: list[Path], reason: str) -> Path:
+        """A study that cannot succeed on retry: its objects move to rejected/<key>/ and the reason
+        is written beside the folder (appended: a study can be rejected again after a re-send)."""
+        target = self.root / "rejected" / key
+        target.mkdir(parents=True, exist_ok=True)
+        note = self.root / "rejected" / f"{key}.reason.txt"
+        previous = note.read_bytes() if note.exists() else b""
+        _fsync_write(note, previous + f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {reason}\n".encode())
+        for path in files:
+            if path.exists():
+                os.replace(path, target / path.name)
+        _remove_if_empty(self.root / "incoming" / key)
+        return target
 
     def pending(self) -> list[PendingCase]:
         cases = []

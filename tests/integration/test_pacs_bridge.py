@@ -6,6 +6,7 @@ not stop the case."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from pydicom.uid import generate_uid
 from clients.pacs.bridge import BridgeConfig, Destination, PacsBridge
 from clients.pacs.nodes import StoreSCP, echo, send_files
 from marrowdx.interop.dicom import SECONDARY_CAPTURE, smear_image, smear_slide
+from tests.integration import dcmtk
+from tests.integration.dcmtk import need_dcmtk
 
 pytestmark = pytest.mark.integration
 FIELDS = sorted((Path(__file__).resolve().parents[2] / "samples" / "fields" / "images").glob("*.jpg"))
@@ -142,3 +145,39 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(stack, tmp_path
         with archive:
             _wait(lambda: len(archive.received) >= 2)
         _wait(lambda: not bridge.spool.unsent())
+
+
+# -- independent peers: dcmtk's storescu as the modality, storescp as the archive ----------------------
+def _bridge(stack, tmp_path, archive, **overrides) -> PacsBridge:
+    config = dict(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=1.0, poll_s=0.2,
+                  retry_s=0.5, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+    config.update(overrides)
+    return PacsBridge(BridgeConfig(**config))
+
+
+def test_a_secondary_capture_without_modality_is_reported_once(stack, tmp_path):
+    """Issue #20 item 1: a capture station's SC image with no Modality (and no patient/study type 2
+    attributes) is stored Success, reported, and the SR reads back in dcmtk; the service is called once."""
+    need_dcmtk()
+    study = generate_uid()
+    image = smear_image(_rgb(FIELDS[0]), "PAT-SC", "ACC-SC", study, generate_uid(), 1, sop_class=SECONDARY_CAPTURE)
+    for keyword in ("Modality", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                    "ReferringPhysicianName"):
+        delattr(image, keyword)
+    files = _write(tmp_path / "station", [image])
+    with dcmtk.StoreSCP(tmp_path / "archive") as archive, _bridge(stack, tmp_path, archive) as bridge:
+        sent = dcmtk.storescu(bridge.port, files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        _wait(lambda: any(m.startswith("SR") for m in archive.modalities()) and not bridge.spool.unsent(), 120)
+        time.sleep(1.0)  # a few more passes of the worker: it must not run the study again
+        assert bridge.service_calls == 1 and not bridge.rejected
+    sr_path = next(p for p in archive.files() if p.name.startswith("SR"))
+    dump = dcmtk.run("dsrdump", "+Pc", str(sr_path))  # dcmtk's own SR parser, codes printed
+    assert dump.returncode == 0 and "COMPLETE" in dump.stdout, dump.stderr
+    report = stack.runtime.store.by_report_id(next(iter(bridge.reports.values())), "local")
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+
+    counted = re.search(r'\(38257-2,LN,"[^"]*"\)="([0-9.]+)"', dump.stdout)
+    assert counted and float(counted.group(1)) == pb.CaseReport.FromString(report.payload).cells_counted
+    header = dcmtk.run("dcmdump", "+P", "StudyInstanceUID", "+P", "Modality", str(sr_path)).stdout
+    assert study in header and "[SR]" in header

@@ -117,3 +117,29 @@ def test_only_listed_calling_ae_titles_may_associate(tmp_path):
             _store(bridge.port, [_image(generate_uid(), 1)], calling_ae="INTRUDER")
         assert _store(bridge.port, [_image(generate_uid(), 1)], calling_ae="SCANNER") == [0]
     assert len(list((tmp_path / "spool" / "incoming").rglob("*.dcm"))) == 1
+
+
+def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(tmp_path):
+    from marrowdx.inference.launcher import free_port
+
+    # The service address is a closed port on loopback: every call fails UNAVAILABLE, as when the service is down.
+    bridge = PacsBridge(BridgeConfig(spool_dir=tmp_path, service_address=f"127.0.0.1:{free_port()}",
+                                     destination=None, idle_s=0, retry_s=10, retry_max_s=40))
+    poison_folder = tmp_path / "incoming" / ("0" * 24)
+    poison_folder.mkdir(parents=True)
+    (poison_folder / "f.dcm").write_bytes(b"not DICOM at all")  # sorts first: it used to stop the walk
+    good = bridge.spool.accept(_image(generate_uid(), 1))
+    now = time.time() + 5
+    bridge.step(now)  # must not raise
+    assert not poison_folder.exists()
+    (reason,) = (tmp_path / "rejected").glob("*.reason.txt")
+    assert "cannot be read" in reason.read_text()
+    assert good.exists() and bridge.service_calls == 1  # the good study was tried, and waits
+    bridge.step(now + 5)
+    assert bridge.service_calls == 1  # backing off, not hammering a service that is down
+    bridge.step(now + 11)
+    assert bridge.service_calls == 2
+    bridge.step(now + 25)  # the second delay is 20 s, not 10
+    assert bridge.service_calls == 2
+    bridge.step(now + 32)
+    assert bridge.service_calls == 3 and good.exists() and not bridge.rejected

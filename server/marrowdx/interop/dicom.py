@@ -132,6 +132,7 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
     """TID 1500 measurement report of the differential and findings, in the sources' study."""
     if not sources:
         raise ValueError("an SR needs the source images it reports on")
+    sources = [with_defaults(s) for s in sources]
     table = code_table()
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -193,6 +194,7 @@ def render_annotations(report: pb.CaseReport, sources: Sequence[Dataset], origin
                        series_number: int = 901) -> list[hd.ann.MicroscopyBulkSimpleAnnotations]:
     """One annotation object per source image with boxes. ``origins`` maps the report's
     ``source_index`` (the field's position in the case) to where that field came from."""
+    sources = [with_defaults(s) for s in sources]
     by_source: dict[int, list[tuple[pb.CellCall, FieldOrigin]]] = defaultdict(list)
     for call in report.evidence:
         origin = origins.get(call.source_index)
@@ -247,8 +249,42 @@ def _with_frame_of_reference(source: Dataset) -> Dataset:
     single-frame microscopy image may have none. Give a shallow copy an empty one."""
     if "FrameOfReferenceUID" in source:
         return source
-    copy = Dataset(source)
+    copy = _shallow_copy(source)
     copy.FrameOfReferenceUID = None
+    return copy
+
+
+def _shallow_copy(source: Dataset) -> Dataset:
+    """A new data set holding the same elements: adding one to it leaves ``source`` alone
+    (``Dataset(source)`` shares the element dictionary, so it would not)."""
+    copy = Dataset()
+    for element in source:
+        copy.add(element)
+    if hasattr(source, "file_meta"):
+        copy.file_meta = source.file_meta
+    return copy
+
+
+# Modality when a source image has none (a capture station's Secondary Capture often leaves it out).
+DEFAULT_MODALITY = {SECONDARY_CAPTURE: "OT", MULTIFRAME_TRUE_COLOR_SC: "OT", VL_WHOLE_SLIDE: "SM",
+                    VL_MICROSCOPIC: "GM", VL_SLIDE_COORDINATES: "GM"}
+# Type 2 attributes highdicom copies from the sources into the SR and annotations: empty when absent.
+_EMPTY_WHEN_ABSENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "AccessionNumber", "StudyID", "ReferringPhysicianName")
+
+
+def with_defaults(source: Dataset) -> Dataset:
+    """A source image ready to be referenced: a shallow copy with a Modality taken from its SOP
+    class and empty type 2 patient/study attributes where they were missing (valid images do
+    leave them out; highdicom needs them present). The received object itself is not changed."""
+    missing = [k for k in _EMPTY_WHEN_ABSENT if k not in source]
+    if "Modality" in source and str(source.Modality) and not missing:
+        return source
+    copy = _shallow_copy(source)
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    if not str(copy.get("Modality", "") or ""):
+        copy.Modality = DEFAULT_MODALITY.get(str(source.get("SOPClassUID", "")), "OT")
     return copy
 
 
