@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class BridgeConfig:
     target_count: int = 0  # 0: the service's default
     retry_s: float = 10.0  # first retry of a deferred study or send; doubles each time
     retry_max_s: float = 600.0
+    # The service's image limits (its min_image_side, max_image_pixels), checked before a C-STORE is acknowledged.
+    min_image_side: int = 32
+    max_image_pixels: int = 50_000_000
     max_attempts: int = 5  # for INTERNAL/UNKNOWN from the service, before the study is rejected
     # Calling AE titles allowed to associate; empty: any (a lab network should list its senders).
     allowed_calling_aes: tuple[str, ...] = ()
@@ -107,8 +111,10 @@ def _status(code: int, comment: str = "") -> Dataset:
     return status
 
 
-def check_instance(dataset: Dataset) -> str:
-    """Why this instance cannot be used ("" when it can); cheap checks before it is kept."""
+def check_instance(dataset: Dataset, min_side: int = 32, max_pixels: int = 50_000_000) -> str:
+    """Why this instance cannot be used ("" when it can); cheap checks before it is kept, including
+    what the service would refuse (``min_side``/``max_pixels``: its min_image_side/max_image_pixels),
+    so the sender hears it now rather than the study failing later."""
     sop_class = str(dataset.get("SOPClassUID", ""))
     if sop_class not in ACCEPTED_IMAGE_CLASSES:
         return f"SOP class {sop_class or '(none)'} is not a smear image"
@@ -122,12 +128,25 @@ def check_instance(dataset: Dataset) -> str:
     if sop_class == VL_WHOLE_SLIDE:
         if "TotalPixelMatrixColumns" not in dataset or "TotalPixelMatrixRows" not in dataset:
             return "whole-slide image without its total pixel matrix size"
-        return ""
+        return ""  # read in regions of field_size: the service never sees the whole matrix
+    rows, columns = int(dataset.Rows or 0), int(dataset.Columns or 0)
+    if min(rows, columns) < min_side:
+        return f"image is {columns}x{rows}; the service needs at least {min_side} pixels a side"
+    if rows * columns > max_pixels:
+        return f"image is {columns}x{rows}; the service takes at most {max_pixels} pixels"
     try:
         frames_as_png(dataset)
     except DicomInputError as exc:
         return str(exc)
     return ""
+
+
+def _refused_field(exc: grpc.RpcError) -> int | None:
+    """The stream index of the image an INVALID_ARGUMENT names ("field[3].data: ..."), if any."""
+    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    match = re.match(r"(?:field|crop)\[(\d+)\]", exc.details() or "")
+    return int(match.group(1)) if match else None
 
 
 class PacsBridge:
@@ -162,7 +181,7 @@ class PacsBridge:
             self.spool.reject(bytes(event.request.DataSet.getvalue()), f"cannot decode the data set: {exc}")
             log.warning("pacs.rejected", reason="undecodable data set")
             return _status(CANNOT_UNDERSTAND, "cannot decode the data set")
-        problem = check_instance(dataset)
+        problem = check_instance(dataset, self.config.min_image_side, self.config.max_image_pixels)
         if problem:
             try:
                 raw = dataset_bytes(dataset)
@@ -242,8 +261,10 @@ class PacsBridge:
     def _case_failed(self, case: PendingCase, exc: Exception, now: float) -> None:
         """Retry what can succeed later (service or disk), reject what cannot, with the reason."""
         if isinstance(exc, ObjectUnusable):
-            # One object is the problem: it goes to rejected with the reason, the rest of the study runs next pass.
-            self.spool.reject_file(exc.path, exc.reason)
+            # One object is the problem: it goes to the study's rejected folder with the reason (a line in
+            # <key>.reason.txt naming it), and the rest of the study runs on the next pass.
+            self.spool.reject_case(case.key, [exc.path], f"{exc.path.name}: {exc.reason}")
+            self.rejected[case.key] = exc.reason
             log.warning("pacs.object_rejected", case=case.key, reason=exc.reason[:200])
             return
         if isinstance(exc, grpc.RpcError):
@@ -312,10 +333,16 @@ class PacsBridge:
 
         report = None
         self.service_calls += 1
-        with Client(self.config.service_address, timeout_s=600, security=self.config.security) as client:
-            for response in client.diagnose_stream(info, images(), as_crops=False, stop_at_target=True):
-                if response.HasField("report"):
-                    report = response.report
+        try:
+            with Client(self.config.service_address, timeout_s=600, security=self.config.security) as client:
+                for response in client.diagnose_stream(info, images(), as_crops=False, stop_at_target=True):
+                    if response.HasField("report"):
+                        report = response.report
+        except grpc.RpcError as exc:
+            refused = _refused_field(exc)
+            if refused is not None and refused in sent_from:  # one image refused: reject its object, run the rest
+                raise ObjectUnusable(sent_from[refused], f"the service refused it: {exc.details()}") from None
+            raise
         if report is None:
             raise DicomInputError("the service returned no report")
         # Everything is rendered in memory first: a study that fails here leaves no half set of results.

@@ -33,7 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = BridgeConfig(spool_dir=args.spool, service_address=args.server, destination=args.destination,
                           host=args.host, port=args.port, ae_title=args.ae_title, idle_s=args.idle,
                           field_size=args.field_size, security=security,
-                          allowed_calling_aes=tuple(args.allow_calling_ae or ()))
+                          allowed_calling_aes=tuple(args.allow_calling_ae or ()),
+                          min_image_side=args.min_image_side, max_image_pixels=args.max_image_pixels)
     with PacsBridge(config) as bridge:
         print(f"marrowdx-pacs: {args.ae_title} on {args.host}:{bridge.port}, spool {args.spool} "
               "(research use only)", file=sys.stderr, flush=True)
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept associations only from this calling AE title (repeat for each sender; default: any)")
     p.add_argument("--idle", type=float, default=30.0, help="seconds without a new image before a case runs")
     p.add_argument("--field-size", type=int, default=576, help="whole-slide region size in pixels")
+    p.add_argument("--min-image-side", type=int, default=32,
+                   help="refuse smaller images at C-STORE (match the service's MARROWDX_MIN_IMAGE_SIDE)")
+    p.add_argument("--max-image-pixels", type=int, default=50_000_000,
+                   help="refuse larger images at C-STORE (match the service's MARROWDX_MAX_IMAGE_PIXELS)")
     add_client_security_flags(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("send", help="C-STORE DICOM files (a folder: every .dcm in it)")

@@ -30,7 +30,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def storescu(port: int, files: list[Path], called: str = "MARROWDX", calling: str = "SCANNER") -> subprocess.CompletedProcess:
     """One association, every file C-STOREd; storescu exits non-zero when a store fails or the
     association is refused (its output names the status)."""
-    return run("storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files))
+    return run("storescu", "-v", "--no-halt", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files))
 
 
 class StoreSCP:

@@ -181,3 +181,44 @@ def test_a_secondary_capture_without_modality_is_reported_once(stack, tmp_path):
     assert counted and float(counted.group(1)) == pb.CaseReport.FromString(report.payload).cells_counted
     header = dcmtk.run("dcmdump", "+P", "StudyInstanceUID", "+P", "Modality", str(sr_path)).stdout
     assert study in header and "[SR]" in header
+
+
+def _tiny(study: str, series: str, n: int):
+    return smear_image(np.full((8, 8, 3), 180, np.uint8), "PAT-T", "ACC-T", study, series, n)
+
+
+def test_an_image_the_service_would_refuse_gets_a_failure_status_at_c_store(tmp_path):
+    """Issue #20 item 2, first half: the 8x8 field is refused to the sender, with why, not acknowledged."""
+    need_dcmtk()
+    study, series = generate_uid(), generate_uid()
+    files = _write(tmp_path / "station", [_tiny(study, series, 1), smear_image(_rgb(FIELDS[0]), "P", "A", study, series, 2)])
+    with PacsBridge(BridgeConfig(spool_dir=tmp_path / "spool", service_address="unused:1", destination=None,
+                                 port=0, idle_s=3600)) as bridge:
+        sent = dcmtk.storescu(bridge.port, files)
+    output = sent.stdout + sent.stderr
+    assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass)" in output, output  # the tiny one
+    assert "Received Store Response (Success)" in output, output  # the good one, after it
+    assert len(list((tmp_path / "spool" / "incoming").rglob("*.dcm"))) == 1  # only the good image was kept
+    (reason,) = (tmp_path / "spool" / "rejected").glob("*.reason.txt")
+    assert reason.read_text() == "image is 8x8; the service needs at least 32 pixels a side"
+
+
+def test_an_image_the_service_refuses_later_is_rejected_and_the_rest_of_the_study_reported(stack, tmp_path):
+    """Issue #20 item 2, second half: an image already in the spool (from before the check, or a
+    service with stricter limits) is refused by the service; that object moves to rejected/ with the
+    service's reason, and the study's other images are still reported: no endless deferral."""
+    need_dcmtk()
+    study, series = generate_uid(), generate_uid()
+    with dcmtk.StoreSCP(tmp_path / "archive") as archive, _bridge(stack, tmp_path, archive, idle_s=0.5) as bridge:
+        tiny = bridge.spool.accept(_tiny(study, series, 1))  # written as an old spool would hold it
+        bridge.spool.accept(smear_image(_rgb(FIELDS[1]), "PAT-T", "ACC-T", study, series, 2))
+        _wait(lambda: any(m.startswith("SR") for m in archive.modalities()) and not bridge.spool.unsent(), 120)
+        assert bridge.service_calls == 2  # one refused run, one run of the rest
+    key = tiny.parent.name
+    assert (tmp_path / "spool" / "rejected" / key / tiny.name).exists()
+    reason = (tmp_path / "spool" / "rejected" / f"{key}.reason.txt").read_text()
+    assert "the service refused it" in reason and "8x8" in reason
+    report = stack.runtime.store.by_report_id(bridge.reports[key], "local")
+    from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+
+    assert pb.CaseReport.FromString(report.payload).images_received == 1

@@ -131,9 +131,9 @@ def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(t
     good = bridge.spool.accept(_image(generate_uid(), 1))
     now = time.time() + 5
     bridge.step(now)  # must not raise
-    assert not poison_folder.exists()
-    (reason,) = (tmp_path / "rejected").glob("*.reason.txt")
-    assert "cannot be read" in reason.read_text()
+    assert not poison_folder.exists() and (tmp_path / "rejected" / poison_folder.name / "f.dcm").exists()
+    reason = (tmp_path / "rejected" / f"{poison_folder.name}.reason.txt").read_text()
+    assert "f.dcm: the stored object cannot be read" in reason
     assert good.exists() and bridge.service_calls == 1  # the good study was tried, and waits
     bridge.step(now + 5)
     assert bridge.service_calls == 1  # backing off, not hammering a service that is down
@@ -142,4 +142,4 @@ def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(t
     bridge.step(now + 25)  # the second delay is 20 s, not 10
     assert bridge.service_calls == 2
     bridge.step(now + 32)
-    assert bridge.service_calls == 3 and good.exists() and not bridge.rejected
+    assert bridge.service_calls == 3 and good.exists() and good.parent.name not in bridge.rejected
