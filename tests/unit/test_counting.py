@@ -1,14 +1,15 @@
-"""Differential percentages, Wilson intervals and cells-to-decide."""
+"""Differential percentages, Wilson intervals and the M:E ratio."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marrowdx.domain.counting import cells_to_decide, differential, wilson_interval
+from marrowdx.domain.counting import differential, me_ratio, wilson_arrays, wilson_interval
 from marrowdx.domain.taxonomy import default_taxonomy
 
 
@@ -35,6 +36,13 @@ def test_wilson_contains_the_estimate_and_stays_in_range(n, data):
     assert 0.0 <= low <= k / n <= high <= 1.0
 
 
+@given(n=st.integers(0, 3000), data=st.data())
+def test_array_wilson_is_the_scalar_one(n, data):
+    k = data.draw(st.floats(0, n)) if n else 0.0
+    low, high = wilson_arrays(np.array([k]), np.array([float(n)]))
+    assert (low[0], high[0]) == pytest.approx(wilson_interval(k, n), abs=1e-12)
+
+
 @given(k=st.integers(0, 200))
 def test_wilson_narrows_with_more_cells(k):
     small = wilson_interval(k, 200)
@@ -58,6 +66,28 @@ def test_myeloid_erythroid_ratio():
     diff = differential({"segmented_neutrophil": 60, "myelocyte": 15, "erythroblast": 25}, tax)
     assert diff.myeloid_erythroid_ratio == pytest.approx(3.0)
     assert differential({"lymphocyte": 10}, tax).myeloid_erythroid_ratio is None
+    assert differential({"lymphocyte": 10}, tax).myeloid_erythroid_ci is None
+
+
+def test_me_ratio_counts_blasts_in_the_myeloid_series():
+    # "blast" (lineage unspecified) is the blast class the classifier knows: ICSH counts blasts as myeloid.
+    diff = differential({"blast": 30, "segmented_neutrophil": 30, "erythroblast": 20, "lymphocyte": 20},
+                        default_taxonomy())
+    assert diff.myeloid_erythroid_ratio == pytest.approx(3.0)
+
+
+@given(m=st.integers(0, 500), e=st.integers(1, 500))
+def test_me_ratio_interval_contains_the_ratio(m, e):
+    ratio, (low, high) = me_ratio(m, e)
+    assert 0 <= low <= ratio <= high < math.inf
+
+
+def test_me_ratio_interval_matches_the_binomial_of_m_among_m_plus_e():
+    ratio, (low, high) = me_ratio(300, 100)
+    p_low, p_high = wilson_interval(300, 400)
+    assert ratio == 3.0
+    assert low == pytest.approx(p_low / (1 - p_low)) and high == pytest.approx(p_high / (1 - p_high))
+    assert 2.3 < low < 3.0 < high < 3.9
 
 
 def test_differential_refuses_excluded_categories():
@@ -70,18 +100,3 @@ def test_percentages_sum_to_100(counts):
     diff = differential(counts, default_taxonomy())
     total = sum(r.percent for r in diff.rows)
     assert math.isclose(total, 100.0, abs_tol=1e-6) if diff.total else total == 0
-
-
-def test_cells_to_decide_clears_the_threshold():
-    more = cells_to_decide(84, 400, 0.20)  # 21% straddles 20%
-    assert more > 0
-    n = 400 + more
-    low, _ = wilson_interval(round(0.21 * n), n)
-    assert low > 0.20
-    # one fewer cell is not enough
-    n1 = n - 1
-    assert wilson_interval(round(0.21 * n1), n1)[0] <= 0.20 or more == 1
-
-
-def test_cells_to_decide_unknown_when_fraction_is_the_threshold():
-    assert cells_to_decide(80, 400, 0.20) == 0

@@ -25,6 +25,9 @@ STATUS_TO_PB = {
     Status.POSITIVE: pb.FINDING_STATUS_POSITIVE,
     Status.NEGATIVE: pb.FINDING_STATUS_NEGATIVE,
     Status.INDETERMINATE: pb.FINDING_STATUS_INDETERMINATE,
+    # On the wire a not-assessed finding stays INDETERMINATE (what readers that predate
+    # Finding.not_assessed already treat as "do not rely on it") with not_assessed set.
+    Status.NOT_ASSESSED: pb.FINDING_STATUS_INDETERMINATE,
 }
 SPECIMEN_FROM_PB = {
     pb.SPECIMEN_TYPE_UNSPECIFIED: "unspecified",
@@ -48,7 +51,7 @@ def cell_call(call: CellCall) -> pb.CellCall:
 
 def models(versions: ModelVersions) -> pb.ModelVersions:
     return pb.ModelVersions(detector=versions.detector, classifier=versions.classifier,
-                            taxonomy=versions.taxonomy, rule_set=versions.rule_set)
+                            taxonomy=versions.taxonomy, rule_set=versions.rule_set, confusion=versions.confusion)
 
 
 def thresholds(t: Thresholds) -> pb.Thresholds:
@@ -84,7 +87,9 @@ def case_report(report: CaseReport, timings_ms: Mapping[str, float] | None = Non
                              measured_percent=f.measured_percent, ci_low_percent=f.ci_low_percent,
                              ci_high_percent=f.ci_high_percent, threshold_percent=f.threshold_percent,
                              rule_id=f.rule_id, source=f.source, explanation=f.explanation,
-                             additional_cells_needed=f.additional_cells_needed)
+                             additional_cells_needed=f.additional_cells_needed, urgent=f.urgent,
+                             not_assessed=f.status is Status.NOT_ASSESSED, tier=f.tier,
+                             no_count_decides=f.no_count_decides, specimen=f.specimen)
                   for f in report.findings],
         conclusion=report.conclusion,
         models=models(report.models),
@@ -95,9 +100,12 @@ def case_report(report: CaseReport, timings_ms: Mapping[str, float] | None = Non
         evidence=[cell_call(c) for c in report.evidence],
         images_received=report.images_received,
         disclaimer=report.disclaimer,
+        not_assessed=report.not_assessed,
     )
     if report.differential.myeloid_erythroid_ratio is not None:
         msg.myeloid_erythroid_ratio = report.differential.myeloid_erythroid_ratio
+        if report.differential.myeloid_erythroid_ci is not None:
+            msg.myeloid_erythroid_ratio_ci_low, msg.myeloid_erythroid_ratio_ci_high = report.differential.myeloid_erythroid_ci
     return msg
 
 
