@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,8 +20,56 @@ from marrowdx.domain.cells import CellCall, Thresholds
 from marrowdx.domain.diagnosis import RuleSet
 from marrowdx.domain.report import CaseInfo, CaseReport, CaseTally, ModelVersions, build_report
 from marrowdx.domain.taxonomy import Taxonomy
+from marrowdx.imaging.decode import ImageError
 from marrowdx.pipeline import FieldResult, ImageInput, Pipeline, StepTimes
 from marrowdx.store.sqlite import ReportStore, StoredReport
+
+# One image in a fingerprint: its kind (a field and a crop of the same bytes are counted differently)
+# and the SHA-256 of its bytes.
+KIND_TAG = {"field": b"F", "crop": b"C"}
+
+
+class RequestConflict(Exception):
+    """A request id this organisation already used, sent again with other content."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request_id {request_id!r} was already used for a different case (other case details or "
+                         "images); a request id names one case: send a new one for a new case")
+        self.request_id = request_id
+
+
+@dataclass
+class Fingerprint:
+    """What makes two submissions the same request: the case details that change the report
+    (case id, accession, specimen type, target count) and every image's bytes, in order."""
+
+    case: str
+    images: bytearray = field(default_factory=bytearray)
+
+    @classmethod
+    def of(cls, info: CaseInfo) -> Fingerprint:
+        details = json.dumps([info.case_id, info.accession_id, info.specimen_type, info.target_count])
+        return cls(hashlib.sha256(details.encode()).hexdigest())
+
+    def matches(self, stored: StoredReport, streamed: bool) -> bool:
+        """Same request as the stored one. A stream may stop a message earlier or later on a retry
+        (its client stops at the target count when it sees it), so there one image list need
+        only begin with the other. Rows written before fingerprints (None) match as they used to."""
+        if stored.case_digest is None:
+            return True
+        if stored.case_digest != self.case:
+            return False
+        mine, theirs = bytes(self.images), stored.image_digests or b""
+        return mine.startswith(theirs) or theirs.startswith(mine) if streamed else mine == theirs
+
+    def agrees_so_far(self, stored: StoredReport) -> bool:
+        """A stream's images so far do not contradict the stored request's (checked per image,
+        so a stream that is another case is refused at its first differing image)."""
+        if stored.case_digest is None:
+            return True
+        theirs = stored.image_digests or b""
+        n = min(len(self.images), len(theirs))
+        return stored.case_digest == self.case and bytes(self.images[:n]) == theirs[:n]
 
 
 @dataclass
@@ -30,6 +80,10 @@ class CaseSession:
     tally: CaseTally
     times: StepTimes = field(default_factory=StepTimes)
     started: float = field(default_factory=time.perf_counter)
+    fingerprint: Fingerprint | None = None
+    seen: dict[bytes, str] = field(default_factory=dict)  # image digest -> the field it first came in
+    streamed: bool = False
+    previous: StoredReport | None = None  # this request id's stored report (a stream compares as it goes)
 
 
 class MarrowService:
@@ -52,9 +106,22 @@ class MarrowService:
         calls, _ = await self.pipeline.classify_crops(list(images), 0, top_k)
         return calls
 
-    def open_case(self, info: CaseInfo) -> CaseSession:
+    def open_case(self, info: CaseInfo, streamed: bool = False) -> CaseSession:
         target = info.target_count or self.rules.default_target_count
-        return CaseSession(info, CaseTally(target_count=target))
+        return CaseSession(info, CaseTally(target_count=target), fingerprint=Fingerprint.of(info), streamed=streamed)
+
+    async def admit(self, session: CaseSession, kind: str, images: Sequence[ImageInput]) -> None:
+        """Fingerprint the images and refuse one whose bytes this case already has: a field sent
+        twice would have its cells counted twice. Raises ImageError naming both fields."""
+        digests = await asyncio.to_thread(lambda: [hashlib.sha256(i.data).digest() for i in images])
+        for image, digest in zip(images, digests, strict=True):
+            if digest in session.seen:
+                raise ImageError(f"the same image bytes as {session.seen[digest]}; each image of a case is counted "
+                                 "once: leave the repeat out", image.field_name)
+            session.seen[digest] = image.field_name.removesuffix(".data")
+            session.fingerprint.images += KIND_TAG[kind] + digest
+        if session.previous is not None and not session.fingerprint.agrees_so_far(session.previous):
+            raise RequestConflict(session.info.request_id)
 
     async def add_fields(self, session: CaseSession, images: Sequence[ImageInput], top_k: int) -> None:
         """Analyse fields concurrently (bounded); Triton batches their crops together."""
@@ -77,9 +144,23 @@ class MarrowService:
         session.tally.add(calls)
         session.times.add(times)
 
-    def find_previous(self, info: CaseInfo, owner: str) -> StoredReport | None:
-        """The report this owner already got for the same request id, if any."""
-        return self.store.by_request_id(info.request_id, owner) if info.request_id else None
+    async def find_previous(self, session: CaseSession, owner: str) -> StoredReport | None:
+        """The report this owner already got for this request, if any; the same request id with
+        other content raises RequestConflict, never returns another case's report. A unary
+        request is compared whole; a stream's case details now and its images as they come."""
+        if not session.info.request_id:
+            return None
+        stored = await asyncio.to_thread(self.store.by_request_id, session.info.request_id, owner)
+        if stored is None:
+            return None
+        if session.streamed:
+            session.previous = stored
+            if not session.fingerprint.agrees_so_far(stored):
+                raise RequestConflict(session.info.request_id)
+            return None  # counted again; compared whole when it is saved
+        if not session.fingerprint.matches(stored, streamed=False):
+            raise RequestConflict(session.info.request_id)
+        return stored
 
     def report(self, session: CaseSession) -> CaseReport:
         t = time.perf_counter()
@@ -97,10 +178,17 @@ class MarrowService:
                    "total_ms": (time.perf_counter() - session.started) * 1000.0}
         return dataclasses.replace(report, timings_ms=timings)
 
-    async def save(self, report: CaseReport, payload: bytes, owner: str, client_id: str) -> StoredReport:
-        """Commit before the caller acknowledges; an earlier report with the same request id wins."""
-        return await asyncio.to_thread(self.store.save, report.report_id, report.case.accession_id,
-                                       report.case.request_id, report.created_at, payload, owner, client_id)
+    async def save(self, session: CaseSession, report: CaseReport, payload: bytes, owner: str,
+                   client_id: str) -> StoredReport:
+        """Commit before the caller acknowledges; an earlier report of the same request wins, and
+        the same request id with other content raises RequestConflict."""
+        fingerprint = session.fingerprint
+        stored = await asyncio.to_thread(self.store.save, report.report_id, report.case.accession_id,
+                                         report.case.request_id, report.created_at, payload, owner, client_id,
+                                         fingerprint.case, bytes(fingerprint.images))
+        if stored.report_id != report.report_id and not fingerprint.matches(stored, session.streamed):
+            raise RequestConflict(report.case.request_id)
+        return stored
 
     async def get_report(self, owner: str | None, report_id: str = "", accession_id: str = "") -> StoredReport | None:
         """``owner`` scopes the lookup to one organisation's reports; None reads any (administrators)."""

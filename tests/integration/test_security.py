@@ -32,7 +32,7 @@ def secure(tmp_path_factory):
     server_cert, server_key = ca.issue("localhost", server=True)
     tokens, entries = {}, []
     for client_id, org, roles in (("lis-a", "org-a", ["submit", "read"]), ("reader-b", "org-b", ["read"]),
-                                  ("ops", "marrowdx", ["admin"])):
+                                  ("lis-b", "org-b", ["submit", "read"]), ("ops", "marrowdx", ["admin"])):
         tokens[client_id], digest = new_token()
         entries.append({"id": client_id, "org": org, "roles": roles, "token_sha256": digest})
     entries.append({"id": "pacs-a", "org": "org-a", "roles": ["submit"], "certificate_cn": "pacs-a"})
@@ -117,11 +117,18 @@ def test_a_client_reads_its_organisations_reports_only(secure):
 def test_reusing_another_organisations_request_id_does_not_return_its_report(secure):
     _, connect, *_ = secure
     info = _case("idem")
+    five = [image_message(p) for p in CROPS[:5]]
     with connect("lis-a") as lis:
-        mine = lis.diagnose(info, crops=[image_message(p) for p in CROPS[:5]])
-        assert lis.diagnose(info, crops=[image_message(p) for p in CROPS[:5]]).report_id == mine.report_id
-    with connect(cert="pacs-a") as same_org:
-        assert same_org.diagnose(info, crops=[image_message(CROPS[0])]).report_id == mine.report_id
+        mine = lis.diagnose(info, crops=five)
+        assert lis.diagnose(info, crops=five).report_id == mine.report_id
+    with connect("lis-b") as other_org:  # org-b: the same request id and content make a report of its own
+        theirs = other_org.diagnose(info, crops=five)
+        assert theirs.report_id != mine.report_id
+        assert other_org.report(report_id=theirs.report_id) == theirs
+    with connect(cert="pacs-a") as same_org:  # org-a again, other content: refused, not org-a's earlier report
+        with pytest.raises(grpc.RpcError) as err:
+            same_org.diagnose(info, crops=[image_message(CROPS[0])])
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and info.request_id in err.value.details()
 
 
 def test_audit_log_records_who_did_what_without_patient_ids_or_secrets(secure, capsys):

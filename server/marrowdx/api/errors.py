@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 from marrowdx.imaging.decode import ImageError
 from marrowdx.inference.triton import ModelError, ModelTimeout, ModelUnavailable
 from marrowdx.security.access import AccessDenied, NotAuthenticated
+from marrowdx.service import RequestConflict
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,9 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.PERMISSION_DENIED, str(exc))
     if isinstance(exc, NotFound):
         return _status(code_pb2.NOT_FOUND, str(exc))
+    if isinstance(exc, RequestConflict):
+        violation = error_details_pb2.BadRequest.FieldViolation(field="case_info.request_id", description=str(exc))
+        return _status(code_pb2.ALREADY_EXISTS, str(exc), error_details_pb2.BadRequest(field_violations=[violation]))
     if isinstance(exc, Overloaded):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(exc.retry_after_s),
                                                                               nanos=int((exc.retry_after_s % 1) * 1e9)))

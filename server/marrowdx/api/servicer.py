@@ -84,27 +84,27 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
         return pb.ClassifyCellsResponse(cells=[convert.cell_call(c) for c in calls], models=self._versions(),
                                         thresholds=convert.thresholds(self.service.thresholds))
 
-    def _open(self, info: pb.CaseInfo, field: str) -> CaseSession:
+    def _open(self, info: pb.CaseInfo, field: str, streamed: bool = False) -> CaseSession:
         if not info.case_id:
             raise RequestError(f"{field}.case_id", "is required")
         structlog.contextvars.bind_contextvars(case_ref=case_reference(info.case_id))
         minimum = self.service.rules.minimum_count
         if info.target_count and info.target_count < minimum:
             raise RequestError(f"{field}.target_count", f"must be 0 (default) or at least the minimum count {minimum}")
-        return self.service.open_case(convert.case_info_from_pb(info))
+        return self.service.open_case(convert.case_info_from_pb(info), streamed=streamed)
 
     async def _finish(self, session: CaseSession) -> pb.CaseReport:
         report = self.service.report(session)
         message = convert.case_report(report)
         caller = current_principal()
-        stored = await self.service.save(report, message.SerializeToString(), caller.org, caller.client_id)
+        stored = await self.service.save(session, report, message.SerializeToString(), caller.org, caller.client_id)
         structlog.contextvars.bind_contextvars(report_id=stored.report_id)
-        if stored.report_id != report.report_id:  # same request id as an earlier case
+        if stored.report_id != report.report_id:  # this request was answered before: its first report wins
             return pb.CaseReport.FromString(stored.payload)
         return message
 
-    def _previous(self, info: pb.CaseInfo) -> pb.CaseReport | None:
-        stored = self.service.find_previous(convert.case_info_from_pb(info), current_principal().org)
+    async def _previous(self, session: CaseSession) -> pb.CaseReport | None:
+        stored = await self.service.find_previous(session, current_principal().org)
         if stored is None:
             return None
         structlog.contextvars.bind_contextvars(report_id=stored.report_id)
@@ -114,9 +114,6 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     async def DiagnoseCase(self, request: pb.DiagnoseCaseRequest, context) -> pb.DiagnoseCaseResponse:
         if not request.HasField("case_info"):
             raise RequestError("case_info", "is required")
-        previous = self._previous(request.case_info)
-        if previous is not None:
-            return pb.DiagnoseCaseResponse(report=previous)
         session = self._open(request.case_info, "case_info")
         if not request.fields and not request.crops:
             raise RequestError("fields", "a case needs at least one field or crop")
@@ -125,6 +122,11 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             raise RequestError("fields", f"{total} images; at most {self.settings.max_images_per_case} per case")
         fields = [_image(f, f"fields[{i}]") for i, f in enumerate(request.fields)]
         crops = [_image(c, f"crops[{i}]") for i, c in enumerate(request.crops)]
+        await self.service.admit(session, "field", fields)
+        await self.service.admit(session, "crop", crops)
+        previous = await self._previous(session)
+        if previous is not None:
+            return pb.DiagnoseCaseResponse(report=previous)
         top_k = self.settings.top_k
         if fields:
             await self.service.add_fields(session, fields, top_k)
@@ -145,11 +147,8 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             if kind == "start":
                 if session is not None:
                     raise RequestError("start", "a stream carries one case; `start` came twice")
-                previous = self._previous(message.start)
-                if previous is not None:
-                    yield pb.DiagnoseCaseStreamResponse(report=previous)
-                    return
-                session = self._open(message.start, "start")
+                session = self._open(message.start, "start", streamed=True)
+                await self._previous(session)  # a used request id: compared as the images come
                 continue
             if kind == "finish":
                 yield pb.DiagnoseCaseStreamResponse(report=await self._finish(session))
@@ -158,6 +157,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 raise RequestError(kind, f"at most {self.settings.max_images_per_case} images per case")
             image = _image(getattr(message, kind), f"{kind}[{index}]")
             index += 1
+            await self.service.admit(session, kind, [image])
             if kind == "field":
                 await self.service.add_fields(session, [image], self.settings.top_k)
             else:
