@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from clients.foreground import wait_until_interrupted
-from clients.lis.submit import deliver, input_files, request_id_for, submit, write_outputs
+from clients.lis.submit import NotDelivered, deliver, input_files, request_id_for, submit, write_outputs
 from marrowdx import logging as mlog
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client
@@ -22,6 +22,12 @@ from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
 from marrowdx.settings import Settings
 from marrowdx.transport import PLAINTEXT, ClientSecurity, add_client_security_flags
+
+# Exit codes (docs/integration.md lists them): argparse also exits 2 on bad arguments.
+EXIT_OK = 0  # done (and delivered, with --mllp)
+EXIT_ERROR = 1  # nothing usable came back: a bad input file, the service refused or failed, a file error
+EXIT_USAGE = 2  # bad arguments, no input files, nothing to resend
+EXIT_RESEND = 3  # the report and ORU are written, but the LIS did not take the ORU: resend it later
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -35,7 +41,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     files = input_files(args.inputs)
     if not files:
         print("no images or DICOM files found", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     info = pb.CaseInfo(case_id=args.case, accession_id=args.accession or "", target_count=args.target,
                        request_id=args.request_id or request_id_for(args.case, args.accession or "", files))
     family, _, given = (args.patient_name or "").partition("^")
@@ -51,19 +57,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for kind, path in outputs.items():
         print(f"  {kind}: {path}")
     if args.mllp:
-        ack = deliver(outputs["hl7"], *args.mllp)
+        try:
+            ack = deliver(outputs["hl7"], *args.mllp)
+        except NotDelivered as exc:
+            print(f"{exc}; the ORU is kept in {outputs['hl7']} (reason in oru.nak.txt): "
+                  "marrowdx-lis resend", file=sys.stderr)
+            return EXIT_RESEND
         print(f"  MLLP: {ack.code} {ack.text}".rstrip())
-        if not ack.accepted:
-            print(f"the LIS refused the ORU; it is kept in {outputs['hl7']} with the reason", file=sys.stderr)
-            return 3
-    return 0
+    return EXIT_OK
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
     oru = args.dir / "oru.hl7"
-    ack = deliver(oru, *args.mllp)
+    if not oru.is_file():
+        print(f"no {oru} to resend", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ack = deliver(oru, *args.mllp)
+    except NotDelivered as exc:
+        print(f"{exc}; still kept in {oru}", file=sys.stderr)
+        return EXIT_RESEND
     print(f"{ack.code} {ack.text}".rstrip())
-    return 0 if ack.accepted else 3
+    return EXIT_OK
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -124,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except (OSError, ValueError, RuntimeError, mllp.MllpError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -107,16 +107,24 @@ def write_outputs(report: pb.CaseReport, context: OrderContext, out_dir: Path) -
     return outputs
 
 
+class NotDelivered(RuntimeError):
+    """The ORU did not reach the LIS (refused, no answer, or no ACK for it): it is kept, resend it.
+    The CLI exits 3 on this."""
+
+
 def deliver(oru_path: Path, host: str, port: int) -> mllp.Ack:
-    """Send the ORU; the ACK (or NAK) is written beside it, so a refused message is kept
-    with the reason and can be resent (``marrowdx-lis resend``)."""
+    """Send the ORU as written (its bytes are in the charset its MSH-18 names); the ACK is written
+    beside it. Anything but an AA/CA whose MSA-2 names this message raises NotDelivered, with the
+    reason written to oru.nak.txt, so the kept message can be resent (``marrowdx-lis resend``)."""
+    nak = oru_path.with_suffix(".nak.txt")
     try:
-        ack = mllp.send(host, port, oru_path.read_bytes().decode())  # read_text would turn the \r separators into \n
+        ack = mllp.send(host, port, oru_path.read_bytes())  # bytes: read_text would turn the \r separators into \n
     except (OSError, mllp.MllpError) as exc:
-        oru_path.with_suffix(".nak.txt").write_text(f"not delivered: {exc}\n")
-        raise
-    target = oru_path.with_suffix(".ack.txt" if ack.accepted else ".nak.txt")
-    target.write_text(f"{ack.code} {ack.control_id} {ack.text}\n")
-    if ack.accepted:
-        oru_path.with_suffix(".nak.txt").unlink(missing_ok=True)
+        nak.write_text(f"not delivered: {exc}\n")
+        raise NotDelivered(f"not delivered: {exc}") from None
+    if not ack.accepted:
+        nak.write_text(f"{ack.code} {ack.control_id} {ack.text}\n")
+        raise NotDelivered(f"the LIS answered {ack.code}: {ack.text}".rstrip(": "))
+    oru_path.with_suffix(".ack.txt").write_text(f"{ack.code} {ack.control_id} {ack.text}\n")
+    nak.unlink(missing_ok=True)
     return ack

@@ -79,7 +79,7 @@ def test_dicom_fields_are_read_and_a_refused_oru_is_kept(stack, tmp_path, monkey
     for i, p in enumerate(FIELDS):
         ds = smear_image(np.asarray(Image.open(p).convert("RGB")), "MRN-7", "ACC-D", study, series, i + 1)
         ds.save_as(dicom_dir / f"{i}.dcm", enforce_file_format=True)
-    monkeypatch.setattr(mllp, "check_message", lambda er7: ("AE", "unknown patient", "x"))
+    monkeypatch.setattr(mllp, "check_message", lambda er7: ("AE", "unknown patient", mllp.control_id_of(er7)))
     with mllp.MllpReceiver() as lis:
         assert _submit(stack, tmp_path / "out", [dicom_dir], "--mllp", f"127.0.0.1:{lis.port}") == 3
     report = json.loads((tmp_path / "out" / "report.json").read_text())

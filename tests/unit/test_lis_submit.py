@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from clients.lis.submit import request_id_for
+import pytest
+
+from clients.lis.cli import main
+from clients.lis.submit import request_id_for, write_outputs
+from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
+from marrowdx.interop.context import OrderContext
+from marrowdx.interop.mllp import control_id_of
+from tests.hl7_lis import Lis
 
 
 def _case(folder, contents: dict[str, bytes]):
@@ -20,3 +27,47 @@ def test_the_request_id_follows_the_image_bytes_not_their_names_and_sizes(tmp_pa
     assert request_id_for("C1", "A1", first) != request_id_for("C1", "A1", rescan)  # new pixels: a new request
     assert request_id_for("C1", "A1", first) == request_id_for("C1", "A1", copy)  # a true resubmission: same id
     assert request_id_for("C1", "A1", first) != request_id_for("C2", "A1", first)
+
+
+def _oru(folder, given_name: str = "ANN", charset: str | None = None):
+    """A kept ORU as `marrowdx-lis submit` leaves it (oru.hl7 in the output folder)."""
+    report = pb.CaseReport(report_id="rpt_1", created_at="2026-11-27T05:00:00Z", cells_counted=300,
+                           disclaimer="Research use only.", differential=[
+                               pb.DifferentialItem(cell_class="blast", label="Blast", count=3, percent=1.0,
+                                                   ci_low_percent=0.3, ci_high_percent=2.9, trained=True)])
+    context = OrderContext(patient_id="MRN-1", patient_family_name="DOE", patient_given_name=given_name,
+                           **({"charset": charset} if charset else {}))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_outputs(report, context, folder)
+    return folder / "oru.hl7"
+
+
+def test_an_ack_for_this_message_is_delivery(tmp_path):
+    oru = _oru(tmp_path / "out")
+    with Lis("ack") as lis:
+        assert main(["resend", str(oru.parent), "--mllp", f"127.0.0.1:{lis.port}"]) == 0
+    (message,) = lis.received
+    assert str(message.segment("MSH")[10]) == control_id_of(oru.read_bytes())
+    assert (oru.parent / "oru.ack.txt").read_text().startswith("AA ") and not (oru.parent / "oru.nak.txt").exists()
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("other-id", "acknowledges message 'SOME-OTHER-MESSAGE'"),  # an ACK, but for another message
+    ("close", "connection closed"),  # the peer hung up without answering
+    ("garbage", "not an HL7 ACK"),  # an answer that is not HL7
+])
+def test_no_ack_for_this_message_is_exit_3_and_the_oru_is_kept(tmp_path, capsys, behaviour, reason):
+    oru = _oru(tmp_path / "out")
+    with Lis(behaviour) as lis:
+        assert main(["resend", str(oru.parent), "--mllp", f"127.0.0.1:{lis.port}"]) == 3
+    assert len(lis.raw) == 1  # it did reach the peer
+    assert reason in (oru.parent / "oru.nak.txt").read_text() and reason in capsys.readouterr().err
+    assert oru.exists() and not (oru.parent / "oru.ack.txt").exists()
+
+
+def test_an_unreachable_lis_is_exit_3(tmp_path):
+    from marrowdx.inference.launcher import free_port
+
+    oru = _oru(tmp_path / "out")
+    assert main(["resend", str(oru.parent), "--mllp", f"127.0.0.1:{free_port()}"]) == 3
+    assert "not delivered" in (oru.parent / "oru.nak.txt").read_text()

@@ -62,15 +62,34 @@ def parse_ack(er7: str) -> Ack:
     return Ack(msa.msa_1.value, msa.msa_2.value, msa.msa_3.value if msa.msa_3.value else "")
 
 
-def send(host: str, port: int, er7: str, timeout_s: float = 30.0) -> Ack:
-    """Send one message over MLLP and return the peer's ACK (MllpError if none)."""
+def control_id_of(message: bytes | str) -> str | None:
+    """MSH-10 of an ER7 message, as it is on the wire (read without a full parse); None when
+    the text has no MSH segment (only tests send such text, to try a receiver)."""
+    text = message.decode("ascii", errors="replace") if isinstance(message, bytes) else message
+    header = text.lstrip("\r\n").split("\r", 1)[0].split("\n", 1)[0]
+    if not header.startswith("MSH") or len(header) < 4:
+        return None
+    fields = header.split(header[3])  # fields[n - 1] is MSH-n: MSH-1 is the separator itself
+    return fields[9] if len(fields) > 9 else ""
+
+
+def send(host: str, port: int, message: bytes | str, timeout_s: float = 30.0, encoding: str = "utf-8") -> Ack:
+    """Send one message over MLLP and return the peer's ACK for it. ``message`` is sent as
+    given when it is bytes (already in the charset its MSH-18 names), else encoded with
+    ``encoding``. MllpError when no answer comes, the answer is not an HL7 ACK, or the ACK's
+    MSA-2 names another message (an ACK for someone else is no proof of delivery)."""
+    data = message if isinstance(message, bytes) else message.encode(encoding)
+    control_id = control_id_of(data)
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(frame(er7))
-        reply = read_frame(sock).decode("utf-8", errors="replace")
+        sock.sendall(START + data + END)
+        reply = read_frame(sock).decode(encoding, errors="replace")
     try:
-        return parse_ack(reply)
+        ack = parse_ack(reply)
     except Exception as exc:
-        raise MllpError(f"the peer's answer is not an HL7 ACK: {exc}") from None
+        raise MllpError(f"the peer's answer is not an HL7 ACK: {type(exc).__name__}") from None
+    if control_id is not None and ack.control_id != control_id:
+        raise MllpError(f"the ACK acknowledges message {ack.control_id!r}, not {control_id!r}")
+    return ack
 
 
 def build_ack(code: str, text: str, control_id: str = "", trigger: str = "R01", version: str = "2.5.1") -> str:
