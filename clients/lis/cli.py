@@ -20,6 +20,7 @@ from marrowdx.client import Client
 from marrowdx.embedded import given_or_embedded
 from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
+from marrowdx.interop.hl7 import check_charset
 from marrowdx.settings import Settings
 from marrowdx.transport import PLAINTEXT, ClientSecurity, add_client_security_flags
 
@@ -48,7 +49,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     context = OrderContext(patient_id=args.patient_id, patient_family_name=family, patient_given_name=given,
                            birth_date=args.birth_date or "", sex=args.sex or "",
                            placer_order_number=args.placer_order or "", filler_order_number=args.accession or "",
-                           receiving_application=args.receiving_app, receiving_facility=args.receiving_facility)
+                           receiving_application=args.receiving_app, receiving_facility=args.receiving_facility,
+                           charset=args.charset, transliterate=args.transliterate)
+    check_charset(context)  # a name the ORU's charset cannot hold stops us before the service is called
     security = ClientSecurity.from_args(args)
     with given_or_embedded(args.server, Settings.from_env()) as address, Client(address, security=security if args.server else PLAINTEXT) as client:
         report = submit(client, info, files, as_crops=args.crops)
@@ -113,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placer-order")
     p.add_argument("--receiving-app", default="LIS")
     p.add_argument("--receiving-facility", default="LAB")
+    p.add_argument("--charset", choices=["UNICODE UTF-8", "8859/1", "ASCII"], default="UNICODE UTF-8",
+                   help="the ORU's character set, named in MSH-18 (default UNICODE UTF-8)")
+    p.add_argument("--transliterate", action="store_true",
+                   help="with --charset ASCII or 8859/1: drop accents (others become ?) instead of refusing a name")
     p.add_argument("--crops", action="store_true", help="the images are single-cell crops")
     p.add_argument("--target", type=int, default=0)
     p.add_argument("--request-id", help="idempotency key (default: from the case, accession and files)")

@@ -24,7 +24,7 @@ from marrowdx.interop import mllp
 from marrowdx.interop.context import OrderContext
 from marrowdx.interop.dicom import file_fields
 from marrowdx.interop.fhir import render_bundle
-from marrowdx.interop.hl7 import render_oru
+from marrowdx.interop.hl7 import encode_oru, render_oru
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -102,7 +102,7 @@ def write_outputs(report: pb.CaseReport, context: OrderContext, out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"json": out_dir / "report.json", "hl7": out_dir / "oru.hl7", "fhir": out_dir / "fhir-bundle.json"}
     outputs["json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
-    outputs["hl7"].write_bytes(render_oru(report, context).encode())
+    outputs["hl7"].write_bytes(encode_oru(render_oru(report, context), context))  # in the charset MSH-18 names
     outputs["fhir"].write_text(render_bundle(report, context).model_dump_json(indent=2, exclude_none=True))
     return outputs
 

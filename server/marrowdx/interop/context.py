@@ -27,6 +27,11 @@ class OrderContext:
     receiving_application: str = "LIS"
     receiving_facility: str = "LAB"
     reviewed_by: str = ""  # a reviewer's sign-off makes the result final; empty: preliminary
+    # The ORU's character set, as HL7 table 0211 names it in MSH-18: "UNICODE UTF-8" (default),
+    # "8859/1" or "ASCII" for receivers that want those. A name the set cannot hold is an error
+    # unless ``transliterate`` (accents dropped, anything else "?").
+    charset: str = "UNICODE UTF-8"
+    transliterate: bool = False
     message_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

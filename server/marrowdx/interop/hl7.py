@@ -10,6 +10,7 @@ disclaimer. Results are preliminary (P) until a reviewer signs (F).
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 from hl7apy.base_datatypes import ST
@@ -20,6 +21,8 @@ from marrowdx.interop.codes import Coding, code_table, thresholds_of
 from marrowdx.interop.context import OrderContext
 
 VERSION = "2.5.1"
+# MSH-18 (HL7 table 0211) -> Python codec; an empty MSH-18 means ASCII, the HL7 default.
+CHARSETS = {"UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii", "": "ascii"}
 PERCENT = Coding("ucum", "%", "percent")
 CELLS = Coding("ucum", "{cells}", "cells")
 
@@ -81,6 +84,9 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
     msh.msh_10 = _esc(control_id or uuid.uuid4().hex[:20])
     msh.msh_11 = "P"
     msh.msh_12 = VERSION
+    if context.charset not in CHARSETS or not context.charset:
+        raise ValueError(f"character set {context.charset!r} is not one of {', '.join(c for c in CHARSETS if c)}")
+    msh.msh_18 = context.charset  # the encoding the bytes are in (encode_oru); receivers decode by it
 
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     pid = result.add_group("ORU_R01_PATIENT").add_segment("PID")
@@ -153,3 +159,51 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
         _note(group, f"{finding.explanation} (rule {finding.rule_id}; {finding.source})", 1)
     return message.to_er7()
 
+
+
+def charset_of(message: bytes) -> str:
+    """The Python codec for the charset an ER7 message's MSH-18 names (ASCII when empty)."""
+    header = message.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("ascii", errors="replace")
+    fields = header.split(header[3]) if header.startswith("MSH") and len(header) > 3 else []
+    name = fields[17].split(header[4])[0] if len(fields) > 17 else ""  # first repetition only
+    return CHARSETS.get(name, "utf-8")
+
+
+def encode_oru(er7: str, context: OrderContext) -> bytes:
+    """The ORU's bytes in the charset its MSH-18 names. A character that charset cannot hold is
+    a ValueError naming the segment and field (never the value: it is patient data), unless the
+    context asks to transliterate."""
+    codec = CHARSETS[context.charset]
+    try:
+        return er7.encode(codec)
+    except UnicodeEncodeError:
+        if context.transliterate:
+            plain = "".join(ch for ch in unicodedata.normalize("NFKD", er7) if not unicodedata.combining(ch))
+            return plain.encode(codec, errors="replace")
+    for segment in er7.split("\r"):
+        for number, value in enumerate(segment.split("|")):
+            try:
+                value.encode(codec)
+            except UnicodeEncodeError:
+                name = segment[:3]
+                field = number + 1 if name == "MSH" else number  # MSH-1 is the separator itself
+                raise ValueError(f"{name}-{field} holds characters that {context.charset} cannot encode: "
+                                 "use the default UNICODE UTF-8, or transliterate") from None
+    raise AssertionError("unreachable: the message failed to encode")
+
+
+def check_charset(context: OrderContext) -> None:
+    """Before any work: a ValueError naming the order field whose text the chosen charset cannot
+    hold (not the text itself), unless the context transliterates."""
+    codec = CHARSETS.get(context.charset)
+    if codec is None or not context.charset:
+        raise ValueError(f"character set {context.charset!r} is not one of {', '.join(c for c in CHARSETS if c)}")
+    if context.transliterate:
+        return
+    for name, value in vars(context).items():
+        if isinstance(value, str):
+            try:
+                value.encode(codec)
+            except UnicodeEncodeError:
+                raise ValueError(f"{name} holds characters that {context.charset} cannot encode: "
+                                 "use the default UNICODE UTF-8, or --transliterate") from None

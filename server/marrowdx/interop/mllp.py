@@ -17,6 +17,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
+from marrowdx.interop.hl7 import charset_of
+
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -132,9 +134,10 @@ class MllpReceiver:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 try:
-                    data = read_frame(self.request).decode("utf-8", errors="replace")
+                    block = read_frame(self.request)
                 except MllpError:
                     return
+                data = block.decode(charset_of(block), errors="replace")  # as its MSH-18 says
                 code, reason, control_id = check_message(data)
                 if receiver.on_message:
                     receiver.on_message(data, code)
