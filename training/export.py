@@ -168,6 +168,26 @@ def refit_temperature(model: DihedralAverage | ClassifierEnsemble, data: Path, t
     print(f"temperature refitted for the {logits.shape[0]}-view average on val: {temperature:.4f}")
 
 
+def refit_temperature_on_cells(model: DihedralAverage, taxonomy, crop_size: int, data: Path) -> None:
+    """The temperature of a head trained on lineage sources (training.train_head), for the
+    8-view average, on the val cells of every source whose val split the head never saw
+    (deepapl's patients all trained the served head, so they are left out)."""
+    from training.lineage_data import all_cells, load_crops
+
+    cells = [c for c in all_cells(taxonomy, data) if c.split == "val" and c.dataset != "deepapl"]
+    crops = torch.from_numpy(load_crops(cells, crop_size))
+    mask = torch.zeros(len(cells), len(taxonomy.codes), dtype=torch.bool)
+    for row, cell in enumerate(cells):
+        for code in cell.targets:
+            mask[row, taxonomy.codes.index(code)] = True
+    with torch.no_grad():
+        logits = torch.cat([model.view_logits(b) for b in served_batches(crops, crop_size, 256)], dim=1)
+    temperature = fit_temperature(logits, mask)
+    model.set_temperature(temperature)
+    print(f"temperature refitted for the {logits.shape[0]}-view average on {len(cells)} val cells "
+          f"of {sorted({c.dataset for c in cells})}: {temperature:.4f}")
+
+
 def class_bias_parameter(classifier: CellClassifier, codes: list[str]) -> str:
     """The fitted class bias as 'code=value,...' for the model config (audit), 'none' if zero."""
     pairs = [f"{code}={float(b):.4f}" for code, b in zip(codes, classifier.class_bias, strict=True) if b != 0]
@@ -230,9 +250,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("a cross-fitted temperature is for the 8-view average: export with --tta")
     if not args.tta and any(bool(m.class_bias.any()) for m in members):
         raise SystemExit("a class bias is for the 8-view average (DihedralAverage applies it): export with --tta")
+    head_run = run_summary(args.classifier[0]).get("head_of")
     if on_val[0]:
         # training.crossfit fitted it on held-out crops, for the 8-view average.
         print(f"temperature from cross-fitting kept: {float(classifier.temperature):.4f}")
+    elif head_run and args.tta:
+        refit_temperature_on_cells(classifier, taxonomy, crop_size, args.data)
     elif args.tta:
         refit_temperature(classifier, args.data, taxonomy, crop_size)
     detector = CellDetector(len(taxonomy.detector_categories))
@@ -242,10 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     crops = torch.from_numpy(np.load(args.example_crops) if args.example_crops else sample_crops(crop_size))
     fields = torch.from_numpy(np.load(args.example_fields) if args.example_fields else sample_fields())
     common = {"weights_version": args.version, "taxonomy_version": taxonomy.version}
-    trained = sorted({code for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
-                      if (args.data / folder).is_dir()
-                      for item in index_crops(args.data / folder, dataset, taxonomy) if item.split == "train"
-                      for code in item.targets})
+    # A head run lists its trained classes (a class learnt only inside a set-valued label, such
+    # as Matek's blast of any lineage, is not trained on its own); older runs learnt Matek and PBC.
+    trained = run_summary(args.classifier[0]).get("trained_classes") or sorted({
+        code for dataset, folder in (("matek", "matek_bm"), ("pbc", "pbc"))
+        if (args.data / folder).is_dir()
+        for item in index_crops(args.data / folder, dataset, taxonomy) if item.split == "train"
+        for code in item.targets})
     export_model(classifier, "classifier", crops, ["CROPS"], ["PROBS"], classifier_io(len(taxonomy.codes), crop_size), 256, args.queue_us,
                  {**common, "crop_size": str(crop_size), "temperature": f"{float(classifier.temperature):.4f}",
                   "class_bias": class_bias_parameter(members[0], taxonomy.codes),

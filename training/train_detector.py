@@ -24,10 +24,18 @@ from marrowdx.evaluation.detection import CategoryTally
 from marrowdx.imaging.letterbox import letterbox
 from training.augment import random_blur, stain_jitter
 from training.data import CACHE_DIR, index_crops, index_yolo_fields, load_crop_cache, training_arguments
+from training.marrow_fields import blob_recall, load_segpc
 from training.models import CellDetector
 from training.synthetic import compose
 
 INPUT_SIZE = 320
+
+
+def load_detector_state(path: Path) -> dict:
+    """A detector's state dict from a checkpoint or from the exported TorchScript variant."""
+    if path.parent.name == "1" and path.suffix == ".pt":
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    return torch.load(path, map_location="cpu")
 STRIDE = CellDetector.STRIDE
 
 
@@ -92,12 +100,17 @@ def make_targets(boxes: np.ndarray, categories: np.ndarray, num_categories: int,
     return heat, size, offset, mask
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               known: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's penalty-reduced pixel-wise focal loss; ``pos_weight`` (one per category)
-    weighs the centres of some categories more, e.g. white cells over red cells."""
+    weighs the centres of some categories more, e.g. white cells over red cells. ``known``
+    (N x C x H x W, 1 or 0) drops the negative term where the labels are silent: an
+    unlabelled nucleus of a partly labelled field is unknown, not background."""
     pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     neg_weight = torch.pow(1 - target, 4)
+    if known is not None:
+        neg_weight = neg_weight * known
     pos_loss = torch.log(pred) * torch.pow(1 - pred, 2) * pos
     if pos_weight is not None:
         pos_loss = pos_loss * pos_weight.view(1, -1, 1, 1)
@@ -123,6 +136,29 @@ def evaluate(model: CellDetector, images: np.ndarray, boxes: list, categories: l
     return {name: t.summary() for name, t in tallies.items() if t.n_ground_truth}
 
 
+def flip_rotate_known(image: np.ndarray, boxes: np.ndarray, known: np.ndarray, rng: np.random.Generator):
+    """flip_rotate for a field and its C x s x s trust map, with the same draws."""
+    state = rng.bit_generator.state
+    image, boxes = flip_rotate(image, boxes, rng)
+    rng.bit_generator.state = state
+    known_hwc, _ = flip_rotate(known.transpose(1, 2, 0), np.zeros((0, 4), np.float32), rng)
+    return image, boxes, np.ascontiguousarray(known_hwc.transpose(2, 0, 1))
+
+
+@torch.no_grad()
+def marrow_blob_recall(model: CellDetector, fields: list, nucleated: int, score_threshold: float) -> dict:
+    """Outlined plasma-cell blobs of marrow fields with a nucleated detection centred in them."""
+    model.eval()
+    detections = []
+    for start in range(0, len(fields), 16):
+        chunk = fields[start : start + 16]
+        out_boxes, out_scores, out_cats, _ = model(torch.from_numpy(np.stack([f.image for f in chunk])))
+        for j in range(len(chunk)):
+            keep = (out_scores[j] >= score_threshold) & (out_cats[j] == nucleated)
+            detections.append(out_boxes[j][keep].numpy())
+    return blob_recall(detections, fields)
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -143,11 +179,23 @@ def train(args: argparse.Namespace) -> dict:
     if args.limit:
         paste_items = paste_items[:: max(1, len(paste_items) // args.limit)]
     crops = load_crop_cache(paste_items)
-    print(f"train {len(train_x)} fields (+synthetic p={args.p_synthetic}), val {len(val_x)} fields, {len(crops)} paste crops")
+    if args.paste_deepapl and (args.data / "deepapl").is_dir():
+        from training.data import CROP_CACHE_SIZE
+        from training.lineage_data import deepapl_cells, load_crops
+        blood = [c for c in deepapl_cells(args.data / "deepapl")
+                 if c.split == "train" and c.label not in ("smudge", "giant_platelet")][:: 1 if not args.limit else 50]
+        crops = np.concatenate([crops, load_crops(blood, CROP_CACHE_SIZE)])
+    marrow_train = marrow_val = []
+    if args.segpc_share > 0 and (args.data / "segpc_bm").is_dir():
+        marrow_train = load_segpc(args.data / "segpc_bm", "train", names, INPUT_SIZE, STRIDE, args.limit)
+        marrow_val = load_segpc(args.data / "segpc_bm", "val", names, INPUT_SIZE, STRIDE, args.limit)
+    print(f"train {len(train_x)} fields (+synthetic p={args.p_synthetic}, dense p={args.p_dense}), "
+          f"{len(marrow_train)} marrow fields (share {args.segpc_share}), val {len(val_x)} fields, "
+          f"{len(marrow_val)} marrow val fields, {len(crops)} paste crops", flush=True)
 
     model = CellDetector(len(names))
     if args.init:  # fine-tune from earlier weights
-        model.load_state_dict(torch.load(args.init, map_location="cpu"))
+        model.load_state_dict(load_detector_state(args.init))
     pos_weight = torch.ones(len(names))
     pos_weight[nucleated] = args.nucleated_weight
     out_size = INPUT_SIZE // STRIDE
@@ -166,13 +214,24 @@ def train(args: argparse.Namespace) -> dict:
         for b in bar:
             if step >= total:
                 break
-            batch_images, targets = [], []
+            batch_images, targets, knowns = [], [], []
             for i in order[b * args.batch : (b + 1) * args.batch]:
-                image, boxes, cats = train_x[i], train_boxes[i], train_cats[i]
-                if rng.random() < args.p_synthetic:
-                    image, boxes, cats = compose(image, boxes, cats, crops, rng, nucleated, smudge)
-                image, boxes = flip_rotate(image, boxes, rng)
+                known = np.ones((len(names), out_size, out_size), np.float32)
+                if marrow_train and rng.random() < args.segpc_share:
+                    f = marrow_train[rng.integers(len(marrow_train))]
+                    image, boxes, cats, known = f.image, f.boxes, np.full(len(f.boxes), nucleated, np.int64), f.known
+                    image, boxes, known = flip_rotate_known(image, boxes, known, rng)
+                else:
+                    image, boxes, cats = train_x[i], train_boxes[i], train_cats[i]
+                    if rng.random() < args.p_dense:
+                        # A marrow's density: many nucleated cells touching and overlapping.
+                        image, boxes, cats = compose(image, boxes, cats, crops, rng, nucleated, smudge,
+                                                     n_cells=(10, 28), p_smudge=0.1)
+                    elif rng.random() < args.p_synthetic:
+                        image, boxes, cats = compose(image, boxes, cats, crops, rng, nucleated, smudge)
+                    image, boxes = flip_rotate(image, boxes, rng)
                 batch_images.append(image)
+                knowns.append(known)
                 targets.append(make_targets(boxes, cats, len(names), out_size))
             x = torch.from_numpy(np.stack(batch_images)).float()
             x = random_blur(stain_jitter(x, gen, strength=0.7), gen, p=0.15, sigma_max=1.2)
@@ -181,7 +240,7 @@ def train(args: argparse.Namespace) -> dict:
             m = mask_t.unsqueeze(1)
             n = m.sum().clamp(min=1)
             loss = (
-                focal_loss(heat, heat_t, pos_weight)
+                focal_loss(heat, heat_t, pos_weight, torch.from_numpy(np.stack(knowns)))
                 + 0.1 * (F.l1_loss(size * m, size_t * m, reduction="sum") / n)
                 + (F.l1_loss(offset * m, off_t * m, reduction="sum") / n)
             )
@@ -197,6 +256,11 @@ def train(args: argparse.Namespace) -> dict:
         score = float(wbc.get("ap50", 0.0))
         record = {"epoch": epoch, "step": step, "loss": running, "time": time.time(),
                   **{f"val_{n}_{k}": v[k] for n, v in report.items() for k in ("recall", "precision", "ap50")}}
+        if marrow_val:
+            marrow = marrow_blob_recall(model, marrow_val, nucleated, Thresholds().detection_score)
+            record["val_marrow_blob_recall"] = marrow["recall"]
+            # Selection weighs both: blood white cells as before, and marrow plasma cells found.
+            score = 0.5 * score + 0.5 * float(marrow["recall"] or 0.0)
         log.write(json.dumps(record) + "\n")
         log.flush()
         print(json.dumps(record), flush=True)
@@ -214,7 +278,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training_arguments(p, out="training/runs/detector", epochs=20, batch=8, lr=3e-3)
     p.add_argument("--p-synthetic", type=float, default=0.5, help="share of fields made crowded with pasted crops")
-    p.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
+    p.add_argument("--init", type=Path, help="start from these weights (fine-tuning); a TorchScript export works too")
+    p.add_argument("--p-dense", type=float, default=0.0,
+                   help="share of blood fields made as crowded as a marrow (10-28 pasted nucleated cells)")
+    p.add_argument("--segpc-share", type=float, default=0.0,
+                   help="share of samples drawn from SegPC's real marrow fields (partial labels, see marrow_fields)")
+    p.add_argument("--paste-deepapl", action="store_true", help="paste deepapl's blood cells too")
     p.add_argument("--nucleated-weight", type=float, default=1.0,
                    help="weight of white-cell centres in the heatmap loss (edge-cut white cells get called red cells)")
     return p.parse_args(argv)

@@ -1,0 +1,371 @@
+"""A new classifier head over frozen backbone features: lineage classes, patient-grouped CV.
+
+    python -m training.train_head var/lineage/features.npz --taxonomy server/marrowdx/data/taxonomy.json \
+        --json docs/metrics/lineage_head_cv.json --out training/runs/lineage-head
+
+The backbone (the served classifier's features, trained on Matek and PBC) stays
+as it is; the head is refitted on every source at once (``training.lineage_data``),
+starting from the old head and pulled towards it (L2 to the old weights, not to
+zero), so the classes it already knew move only as far as the new data asks.
+
+Evaluation, all on cells the head did not train on:
+- ``deepapl`` by patient: 5 folds of patients (APL spread evenly); each fold is
+  scored by a head trained without it. Cell rates (AML blasts or lymphocytes
+  called lymphoblast) and per-patient APL figures come from these.
+- Matek, PBC, Aria and SegPC by their fixed split: heads train on ``train``,
+  figures are read on ``val`` (selection) and ``test`` (report).
+A prediction averages the log-probabilities of views 0 and 1 (the served model
+averages all 8 dihedral views; the export's figures are read separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from marrowdx.domain.counting import wilson_interval
+from marrowdx.domain.taxonomy import Taxonomy, load_taxonomy
+from training.lineage_data import patient_folds
+from training.lineage_features import load_backbone
+
+FOLDS = 5
+EVAL_VIEWS = (0, 1)
+LINEAGE_BLASTS = ("myeloblast", "lymphoblast", "promonocyte", "monoblast", "abnormal_promyelocyte", "megakaryoblast")
+
+
+def target_mask(meta: list[dict], codes: tuple[str, ...]) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(codes)}
+    mask = torch.zeros(len(meta), len(codes), dtype=torch.bool)
+    for row, m in enumerate(meta):
+        for t in m["targets"]:
+            mask[row, index[t]] = True
+    return mask
+
+
+def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-log P(true class in the target set), per row."""
+    return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~mask, -1e9), 1)
+
+
+def group_weights(meta: list[dict], rows: np.ndarray, power: float = 0.5) -> torch.Tensor:
+    """Each (source, label) group weighs count**(1 - power) in all: large groups do not drown
+    the lineage classes, which have hundreds of cells where others have thousands."""
+    groups = Counter((meta[r]["dataset"], meta[r]["label"]) for r in rows)
+    w = torch.tensor([groups[(meta[r]["dataset"], meta[r]["label"])] ** -power for r in rows], dtype=torch.float32)
+    return w * (len(rows) / w.sum())
+
+
+def fit_head(features: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, init_w: torch.Tensor,
+             init_b: torch.Tensor, pull: float = 1e-3, epochs: int = 12, lr: float = 3e-3, batch: int = 2048,
+             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train a linear head on N x V x D features (every view is a sample) with the set NLL."""
+    n, views, d = features.shape
+    x = features.reshape(n * views, d)
+    y = mask.repeat_interleave(views, 0)
+    w = weights.repeat_interleave(views, 0)
+    weight = init_w.clone().requires_grad_(True)
+    bias = init_b.clone().requires_grad_(True)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(x) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            # Feature dropout: the head must not lean on a few channels (a lab's colour, say).
+            xb = F.dropout(x[idx], 0.2, training=True)
+            loss = (set_nll(xb @ weight.T + bias, y[idx]) * w[idx]).mean()
+            loss = loss + pull * ((weight - init_w) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return weight.detach(), bias.detach()
+
+
+def predict(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, temperature: float = 1.0,
+            views: tuple[int, ...] = EVAL_VIEWS) -> torch.Tensor:
+    """Log of the mean probability over the evaluation views: N x C."""
+    logits = torch.stack([features[:, v] @ weight.T + bias for v in views]) / temperature
+    return torch.logsumexp(F.log_softmax(logits, 2), 0) - math.log(len(views))
+
+
+def fit_temperature(logits_views: torch.Tensor, mask: torch.Tensor) -> float:
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        log_p = torch.logsumexp(F.log_softmax(logits_views / log_t.exp(), 2), 0) - math.log(logits_views.shape[0])
+        loss = set_nll(log_p, mask).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def macro_f1(true: list[str], pred: list[str]) -> float:
+    labels = sorted(set(true))
+    scores = []
+    for label in labels:
+        tp = sum(t == label and p == label for t, p in zip(true, pred, strict=True))
+        fp = sum(t != label and p == label for t, p in zip(true, pred, strict=True))
+        fn = sum(t == label and p != label for t, p in zip(true, pred, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores))
+
+
+def roc_auc(scores_pos: list[float], scores_neg: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counting half."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in scores_pos for n in scores_neg)
+    return wins / (len(scores_pos) * len(scores_neg))
+
+
+def auc_interval(scores_pos: list[float], scores_neg: list[float], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of the ROC AUC, resampling patients within each group."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.asarray(scores_pos), np.asarray(scores_neg)
+    values = []
+    for _ in range(rounds):
+        values.append(roc_auc(list(rng.choice(pos, len(pos))), list(rng.choice(neg, len(neg)))))
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+class Evaluator:
+    """Reads the figures the issue names off held-out log-probabilities."""
+
+    def __init__(self, taxonomy: Taxonomy, reject_probability: float = 0.5) -> None:
+        self.taxonomy = taxonomy
+        self.codes = taxonomy.codes
+        self.countable = {c.code for c in taxonomy.classes if c.countable}
+        self.blasts = {c.code for c in taxonomy.classes if c.blast_equivalent} | {"blast"}
+        self.reject = reject_probability
+
+    def calls(self, log_p: torch.Tensor) -> list[str | None]:
+        """The class each cell is counted as, or None when it is not counted (an
+        uncountable class, or a best probability under the reject threshold)."""
+        p = log_p.exp()
+        best, index = p.max(1)
+        out: list[str | None] = []
+        for b, i in zip(best.tolist(), index.tolist(), strict=True):
+            code = self.codes[i]
+            out.append(code if code in self.countable and b >= self.reject else None)
+        return out
+
+    def crop_metrics(self, meta: list[dict], log_p: torch.Tensor, dataset: str) -> dict:
+        """Accuracy and macro-F1 in the dataset's own labels (any blast class is right for Matek BLA)."""
+        pred_codes = [self.codes[i] for i in log_p.argmax(1).tolist()]
+        true = [m["label"] for m in meta]
+        pred = [self._dataset_label(dataset, m, c) for m, c in zip(meta, pred_codes, strict=True)]
+        acc = float(np.mean([t == p for t, p in zip(true, pred, strict=True)]))
+        return {"n": len(true), "accuracy": round(acc, 4), "macro_f1": round(macro_f1(true, pred), 4)}
+
+    def _dataset_label(self, dataset: str, m: dict, code: str) -> str:
+        if code in m["targets"]:
+            return m["label"]
+        return self.taxonomy.dataset_label_of(dataset, code)
+
+    def lineage_rates(self, meta: list[dict], log_p: torch.Tensor) -> dict:
+        calls = self.calls(log_p)
+        out: dict[str, dict] = {}
+
+        def rate(name: str, rows: list[int], hit: set[str]) -> None:
+            counted = [calls[r] for r in rows if calls[r] is not None]
+            k = sum(c in hit for c in counted)
+            low, high = wilson_interval(k, len(counted))
+            out[name] = {"cells": len(rows), "counted": len(counted), "called": k,
+                         "rate": round(k / len(counted), 4) if counted else None,
+                         "ci95": [round(low, 4), round(high, 4)]}
+
+        rows_of = defaultdict(list)
+        for r, m in enumerate(meta):
+            rows_of[(m["dataset"], m["label"] if m["dataset"] != "aria" else
+                     ("all" if m["diagnosis"] != "benign" else "benign"))].append(r)
+        rate("aria_all_fields_called_lymphoblast", rows_of[("aria", "all")], {"lymphoblast"})
+        rate("aria_benign_fields_called_lymphoblast", rows_of[("aria", "benign")], {"lymphoblast"})
+        rate("aria_benign_fields_called_any_blast", rows_of[("aria", "benign")], self.blasts)
+        aml_blasts = [r for r in rows_of[("deepapl", "blast")] if meta[r]["diagnosis"] == "AML"]
+        rate("deepapl_aml_blasts_called_lymphoblast", aml_blasts, {"lymphoblast"})
+        rate("deepapl_aml_blasts_called_myeloid_blast", aml_blasts,
+             {"myeloblast", "abnormal_promyelocyte", "blast", "promonocyte", "monoblast"})
+        rate("deepapl_lymphocytes_called_lymphoblast", rows_of[("deepapl", "lymphocyte")], {"lymphoblast"})
+        rate("deepapl_lymphocytes_called_any_blast", rows_of[("deepapl", "lymphocyte")], self.blasts)
+        rate("matek_blasts_called_any_blast", rows_of[("matek", "BLA")], self.blasts)
+        rate("matek_lymphocytes_called_lymphoblast", rows_of[("matek", "LYT")], {"lymphoblast"})
+        rate("pbc_lymphocytes_called_lymphoblast", rows_of[("pbc", "lymphocyte")], {"lymphoblast"})
+        rate("segpc_plasma_cells_called_plasma_cell", rows_of[("segpc", "plasma_cell")], {"plasma_cell"})
+        return out
+
+    def patients(self, meta: list[dict], log_p: torch.Tensor) -> list[dict]:
+        """Per deepapl patient: counted cells, those called abnormal promyelocyte, and the
+        cytologists' own promyelocyte share (the published baseline)."""
+        calls = self.calls(log_p)
+        p_abn = log_p.exp()[:, self.codes.index("abnormal_promyelocyte")]
+        by_patient: dict[str, dict] = {}
+        for r, m in enumerate(meta):
+            if m["dataset"] != "deepapl":
+                continue
+            e = by_patient.setdefault(m["group"], {"patient": m["group"], "diagnosis": m["diagnosis"], "cells": 0,
+                                                   "counted": 0, "abnormal_promyelocyte": 0,
+                                                   "cytologist_promyelocytes": 0, "cytologist_countable": 0,
+                                                   "mean_p_abnormal_promyelocyte": 0.0})
+            e["cells"] += 1
+            e["mean_p_abnormal_promyelocyte"] += float(p_abn[r])
+            if m["label"] not in ("smudge", "giant_platelet"):
+                e["cytologist_countable"] += 1
+                e["cytologist_promyelocytes"] += m["label"] == "promyelocyte"
+            if calls[r] is not None:
+                e["counted"] += 1
+                e["abnormal_promyelocyte"] += calls[r] == "abnormal_promyelocyte"
+        for e in by_patient.values():
+            e["mean_p_abnormal_promyelocyte"] = round(e["mean_p_abnormal_promyelocyte"] / e["cells"], 4)
+        return sorted(by_patient.values(), key=lambda e: e["patient"])
+
+
+def apl_decision(abnormal: int, counted: int, threshold: float) -> str:
+    """The APL flag as a rule would read one patient's count: positive when the 95% interval of
+    the abnormal-promyelocyte share lies at or above the threshold, negative when it lies below."""
+    if counted == 0:
+        return "indeterminate"
+    low, high = wilson_interval(abnormal, counted)
+    if low >= threshold:
+        return "positive"
+    if high < threshold:
+        return "negative"
+    return "indeterminate"
+
+
+def patient_figures(patients: list[dict], threshold: float) -> dict:
+    pos = [e for e in patients if e["diagnosis"] == "APL"]
+    neg = [e for e in patients if e["diagnosis"] != "APL"]
+
+    def share(e: dict) -> float:
+        return e["abnormal_promyelocyte"] / e["counted"] if e["counted"] else 0.0
+
+    def baseline(e: dict) -> float:
+        return e["cytologist_promyelocytes"] / e["cytologist_countable"] if e["cytologist_countable"] else 0.0
+
+    out: dict = {"patients": len(patients), "apl": len(pos), "other_aml": len(neg), "threshold": threshold}
+    for name, score in (("model_abnormal_promyelocyte_share", share), ("cytologist_promyelocyte_share", baseline),
+                        ("model_mean_p_abnormal_promyelocyte", lambda e: e["mean_p_abnormal_promyelocyte"])):
+        sp, sn = [score(e) for e in pos], [score(e) for e in neg]
+        low, high = auc_interval(sp, sn)
+        out[name] = {"roc_auc": round(roc_auc(sp, sn), 4), "ci95": [round(low, 4), round(high, 4)]}
+    decisions = {e["patient"]: apl_decision(e["abnormal_promyelocyte"], e["counted"], threshold) for e in patients}
+    tp = sum(decisions[e["patient"]] == "positive" for e in pos)
+    fn = sum(decisions[e["patient"]] == "negative" for e in pos)
+    tn = sum(decisions[e["patient"]] == "negative" for e in neg)
+    fp = sum(decisions[e["patient"]] == "positive" for e in neg)
+    undecided = sum(d == "indeterminate" for d in decisions.values())
+    sens_ci = wilson_interval(tp, tp + fn)
+    spec_ci = wilson_interval(tn, tn + fp)
+    out["rule"] = {
+        "decided": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+        "sensitivity_of_decided": round(tp / (tp + fn), 4) if tp + fn else None,
+        "sensitivity_ci95": [round(v, 4) for v in sens_ci],
+        "specificity_of_decided": round(tn / (tn + fp), 4) if tn + fp else None,
+        "specificity_ci95": [round(v, 4) for v in spec_ci],
+        "indeterminate": undecided, "indeterminate_share": round(undecided / len(patients), 4),
+        "apl_missed_or_undecided": len(pos) - tp,
+    }
+    out["decisions"] = decisions
+    return out
+
+
+def load_features(path: Path) -> tuple[torch.Tensor, list[dict]]:
+    data = np.load(path)
+    return torch.from_numpy(data["features"].astype(np.float32)), json.loads(str(data["meta"]))
+
+
+def initial_head(backbone: Path, taxonomy: Taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
+    """The old head's rows for the classes it had, zeros (and a low bias) for the new ones.
+    Taxonomy versions only append classes, so the old head's K outputs are the first K codes."""
+    model = load_backbone(backbone)
+    old_codes = taxonomy.codes[: model.head.out_features]
+    w = torch.zeros(len(taxonomy.codes), model.head.in_features)
+    b = torch.full((len(taxonomy.codes),), -4.0)
+    for i, code in enumerate(taxonomy.codes):
+        if code in old_codes:
+            j = old_codes.index(code)
+            w[i], b[i] = model.head.weight[j].detach(), model.head.bias[j].detach()
+    return w, b
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("features", type=Path)
+    p.add_argument("--taxonomy", type=Path)
+    p.add_argument("--backbone", type=Path, default=Path("model_repository/variants/gpu-libtorch/classifier/1/model.pt"))
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--pull", type=float, default=1e-3)
+    p.add_argument("--power", type=float, default=0.5)
+    p.add_argument("--apl-threshold", type=float, default=0.10)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    taxonomy = load_taxonomy(args.taxonomy)
+    features, meta = load_features(args.features)
+    mask = target_mask(meta, taxonomy.codes)
+    init_w, init_b = initial_head(args.backbone, taxonomy)
+    evaluator = Evaluator(taxonomy)
+    datasets = np.array([m["dataset"] for m in meta])
+    splits = np.array([m["split"] for m in meta])
+    fold_of = patient_folds([_Row(m) for m in meta], FOLDS)
+    fold = np.array([fold_of.get(m["group"], -1) if m["dataset"] == "deepapl" else -1 for m in meta])
+    held_log_p = torch.zeros(len(meta), len(taxonomy.codes))
+    not_deepapl_train = (datasets != "deepapl") & (splits == "train")
+
+    def train_on(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return fit_head(features[rows], mask[rows], group_weights(meta, rows, args.power), init_w, init_b,
+                        pull=args.pull, epochs=args.epochs)
+
+    for k in range(FOLDS):
+        rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (fold != k)))
+        weight, bias = train_on(rows)
+        scored = np.flatnonzero(fold == k)
+        held_log_p[scored] = predict(features[scored], weight, bias)
+        if k == 0:  # the other sources' val and test: from the first fold's head (trained on their train split)
+            other = np.flatnonzero((datasets != "deepapl") & (splits != "train"))
+            held_log_p[other] = predict(features[other], weight, bias)
+        print(f"fold {k}: trained on {len(rows)} cells, scored {len(scored)} deepapl cells", flush=True)
+
+    report: dict = {"features": str(args.features), "taxonomy": taxonomy.version, "epochs": args.epochs,
+                    "pull": args.pull, "power": args.power, "eval_views": list(EVAL_VIEWS)}
+    old_log_p = predict(features, init_w, init_b)
+    for split in ("val", "test"):
+        for dataset in ("matek", "pbc"):
+            rows = np.flatnonzero((datasets == dataset) & (splits == split))
+            sub = [meta[r] for r in rows]
+            report[f"{dataset}_{split}"] = {"new": evaluator.crop_metrics(sub, held_log_p[rows], dataset),
+                                            "old_head": evaluator.crop_metrics(sub, old_log_p[rows], dataset)}
+    held_rows = np.flatnonzero((datasets == "deepapl") | (splits != "train"))
+    held_meta = [meta[r] for r in held_rows]
+    report["rates"] = evaluator.lineage_rates(held_meta, held_log_p[held_rows])
+    patients = evaluator.patients(held_meta, held_log_p[held_rows])
+    report["apl_per_patient"] = patient_figures(patients, args.apl_threshold)
+    report["patients"] = patients
+    print(json.dumps({k: v for k, v in report.items() if k not in ("patients",)}, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+class _Row:
+    """The fields of a feature row that patient_folds reads."""
+
+    def __init__(self, m: dict) -> None:
+        self.dataset, self.diagnosis, self.group = m["dataset"], m["diagnosis"], m["group"]
+
+
+if __name__ == "__main__":
+    main()
