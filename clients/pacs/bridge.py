@@ -345,12 +345,21 @@ class PacsBridge:
             raise
         if report is None:
             raise DicomInputError("the service returned no report")
+        if report.report_id in self.spool.reported(case.key):
+            # A re-sent study that gave the same report: its results (same UIDs, derived from the
+            # report) were made and sent already; the archive gets nothing new.
+            self.spool.finish_inputs(case.key, case.files)
+            self.reports[case.key] = report.report_id
+            log.info("pacs.case_already_reported", case=case.key, report_id=report.report_id)
+            return
         # Everything is rendered in memory first: a study that fails here leaves no half set of results.
-        results = [("sr.dcm", render_sr(report, headers))]
-        results += [(f"ann-{n:03d}.dcm", annotation)
+        stem = re.sub(r"[^A-Za-z0-9_-]", "", report.report_id)[:64]  # results of a changed report sit beside the old
+        results = [(f"{stem}-sr.dcm", render_sr(report, headers))]
+        results += [(f"{stem}-ann-{n:03d}.dcm", annotation)
                     for n, annotation in enumerate(render_annotations(report, headers, origins), start=1)]
         for name, dataset in results:
             self.spool.write_result(case.key, name, dataset)
+        self.spool.record_report(case.key, report.report_id)
         self.spool.finish_inputs(case.key, case.files)
         self.reports[case.key] = report.report_id
         log.info("pacs.case_done", case=case.key, report_id=report.report_id, cells=report.cells_counted,

@@ -12,6 +12,8 @@ files are named by hashes, and UIDs that are not DICOM UIDs are refused
 before anything is written (a peer's ``../../x`` must not pick a path).
     spool/outgoing/<case key>/*.dcm          results not yet stored at the destination
     spool/done/<case key>/                   received images and results, sent
+    spool/done/<case key>/reports.txt        ids of the reports whose results were made: a re-sent
+                                             study with the same report makes none again
 """
 
 from __future__ import annotations
@@ -166,6 +168,18 @@ class Spool:
         folder = self.root / "incoming" / key
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
+
+    def reported(self, key: str) -> set[str]:
+        """Ids of the reports this study's results were made from."""
+        record = self.root / "done" / key / "reports.txt"
+        return set(record.read_text().split()) if record.exists() else set()
+
+    def record_report(self, key: str, report_id: str) -> None:
+        folder = self.root / "done" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        record = folder / "reports.txt"
+        previous = record.read_bytes() if record.exists() else b""
+        _fsync_write(record, previous + f"{report_id}\n".encode())
 
     def finish_outputs(self, key: str, files: list[Path]) -> None:
         """Results stored at the destination: keep them with the case in done."""

@@ -222,3 +222,22 @@ def test_an_image_the_service_refuses_later_is_rejected_and_the_rest_of_the_stud
     from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 
     assert pb.CaseReport.FromString(report.payload).images_received == 1
+
+
+def test_re_sending_a_reported_study_sends_the_archive_nothing_new(stack, tmp_path):
+    """Issue #20 item 3: the same study again gives the same report, and no second SR or annotations."""
+    need_dcmtk()
+    study, series = generate_uid(), generate_uid()
+    files = _write(tmp_path / "scanner", [smear_image(_rgb(p), "PAT-R", "ACC-R", study, series, i + 1)
+                                          for i, p in enumerate(FIELDS[:2])])
+    with dcmtk.StoreSCP(tmp_path / "archive") as archive, _bridge(stack, tmp_path, archive) as bridge:
+        assert dcmtk.storescu(bridge.port, files).returncode == 0
+        _wait(lambda: any(m.startswith("SR") for m in archive.modalities()) and not bridge.spool.unsent(), 120)
+        first = archive.files()
+        assert bridge.service_calls == 1
+        assert dcmtk.storescu(bridge.port, files).returncode == 0  # the modality sends the study again
+        _wait(lambda: bridge.service_calls == 2 and not bridge.spool.pending(), 120)
+        time.sleep(2.0)  # several worker passes: anything new would have been sent by now
+        assert not bridge.spool.unsent()
+    assert archive.files() == first  # nothing new reached the archive
+    assert sum(m.startswith("SR") for m in archive.modalities()) == 1

@@ -236,3 +236,18 @@ def test_grey_images_become_one_rgb_png_per_frame(frames):
     for png in pngs:
         decoded = Image.open(BytesIO(png))
         assert decoded.size == (160, 120) and decoded.mode == "RGB"
+
+
+def test_result_uids_follow_the_report_so_a_resend_cannot_duplicate(report):
+    sources = _sources()
+    origins = {0: FieldOrigin(0), 1: FieldOrigin(1)}
+    first, again = render_sr(report, sources), render_sr(report, sources)
+    assert first.SOPInstanceUID == again.SOPInstanceUID and first.SeriesInstanceUID == again.SeriesInstanceUID
+    annotations = [a.SOPInstanceUID for a in render_annotations(report, sources, origins)]
+    assert annotations == [a.SOPInstanceUID for a in render_annotations(report, sources, origins)]
+    assert len(set(annotations)) == 2 and first.SOPInstanceUID not in annotations
+    changed = pb.CaseReport()
+    changed.CopyFrom(report)
+    changed.report_id = "rpt_other"
+    assert render_sr(changed, sources).SOPInstanceUID != first.SOPInstanceUID
+    assert not set(annotations) & {a.SOPInstanceUID for a in render_annotations(changed, sources, origins)}

@@ -51,6 +51,13 @@ class DicomInputError(ValueError):
     """A DICOM object the bridge cannot use (named, with the reason)."""
 
 
+def result_uid(report: pb.CaseReport, *role: object) -> str:
+    """A UID for one result object or part, derived from the report (its id and creation time) and
+    the part's role: the same report always gives the same objects, so sending it again can never
+    put a second copy in the archive, and a changed report gets new ones."""
+    return generate_uid(entropy_srcs=[report.report_id, report.created_at, *map(str, role)])
+
+
 def _concept(coding: Coding) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(coding.code, coding.dicom_scheme(), coding.display[:64])
 
@@ -137,7 +144,8 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="marrowdx", manufacturer_name=MANUFACTURER,
+            uid=generate_uid(entropy_srcs=["marrowdx device", report.models.detector, report.models.classifier]),
+            name="marrowdx", manufacturer_name=MANUFACTURER,
             model_name=f"detector {report.models.detector}; classifier {report.models.classifier}"[:64]))
     algorithm = hd.sr.AlgorithmIdentification(
         name="marrowdx", version=f"{report.models.classifier}/{report.models.rule_set}"[:64],
@@ -163,7 +171,7 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=_concept(table.finding(finding.code, finding.label)), value=_concept(table.finding_status(state))))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"differential {report.report_id}"[:64]),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid(report, "tracking"), identifier=f"differential {report.report_id}"[:64]),
         measurements=measurements, qualitative_evaluations=evaluations or None,
         algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources[:1]])
@@ -171,8 +179,8 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=_concept(table.panel), imaging_measurements=[group])
     sr = hd.sr.ComprehensiveSR(
-        evidence=list(sources), content=content[0], series_instance_uid=generate_uid(), series_number=series_number,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        evidence=list(sources), content=content[0], series_instance_uid=result_uid(report, "sr series"),
+        series_number=series_number, sop_instance_uid=result_uid(report, "sr"), instance_number=1, manufacturer=MANUFACTURER,
         is_complete=True, is_final=False, is_verified=False,
         series_description="marrowdx differential (research use only)")
     sr.ContentLabel = "MARROWDX"
@@ -200,7 +208,7 @@ def render_annotations(report: pb.CaseReport, sources: Sequence[Dataset], origin
         origin = origins.get(call.source_index)
         if call.HasField("box") and origin is not None:
             by_source[origin.source].append((call, origin))
-    series_uid = generate_uid()
+    series_uid = result_uid(report, "annotation series")
     algorithm = hd.AlgorithmIdentificationSequence(
         name="marrowdx", family=codes.cid7162.ArtificialIntelligence,
         version=f"{report.models.detector}/{report.models.classifier}"[:64])
@@ -218,7 +226,7 @@ def render_annotations(report: pb.CaseReport, sources: Sequence[Dataset], origin
                                   [c.box.x_max + o.x, c.box.y_max + o.y], [c.box.x_min + o.x, c.box.y_max + o.y]],
                                  dtype=np.float32) for c, o in members]
             groups.append(hd.ann.AnnotationGroup(
-                number=group_number, uid=generate_uid(), label=label[:64],
+                number=group_number, uid=result_uid(report, "annotation group", position, label), label=label[:64],
                 annotated_property_category=codes.SCT.Cell,
                 annotated_property_type=_concept(table.cell_class(label, label.replace("_", " "))),
                 graphic_type=hd.ann.GraphicTypeValues.RECTANGLE, graphic_data=graphics,
@@ -231,7 +239,8 @@ def render_annotations(report: pb.CaseReport, sources: Sequence[Dataset], origin
         objects.append(hd.ann.MicroscopyBulkSimpleAnnotations(
             source_images=[_with_frame_of_reference(source)], annotation_coordinate_type="2D",
             annotation_groups=groups, series_instance_uid=series_uid, series_number=series_number,
-            sop_instance_uid=generate_uid(), instance_number=number, manufacturer=MANUFACTURER,
+            sop_instance_uid=result_uid(report, "annotations", position), instance_number=number,
+            manufacturer=MANUFACTURER,
             manufacturer_model_name="marrowdx", software_versions=report.models.detector or "unknown",
             device_serial_number="0", content_description="marrowdx cells (research use only)",
             pixel_origin_interpretation="FRAME" if str(source.SOPClassUID) != VL_WHOLE_SLIDE else "VOLUME"))
