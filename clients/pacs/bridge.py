@@ -159,6 +159,7 @@ class PacsBridge:
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self.ae.maximum_pdu_size = 0
         self.ae.require_calling_aet = list(config.allowed_calling_aes)
+        self.ae.require_called_aet = True  # an association for another AE title is not for us: refused
         self._server = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None

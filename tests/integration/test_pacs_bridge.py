@@ -241,3 +241,21 @@ def test_re_sending_a_reported_study_sends_the_archive_nothing_new(stack, tmp_pa
         assert not bridge.spool.unsent()
     assert archive.files() == first  # nothing new reached the archive
     assert sum(m.startswith("SR") for m in archive.modalities()) == 1
+
+
+def test_the_wrong_called_ae_title_is_refused_and_results_declare_their_local_scheme(stack, tmp_path):
+    """Issue #20 item 6 (DICOM): an association for another AE title is rejected; the SR and the
+    annotations identify the local scheme 99MDX they use (CodingSchemeIdentificationSequence)."""
+    need_dcmtk()
+    study, series = generate_uid(), generate_uid()
+    files = _write(tmp_path / "scanner", [smear_image(_rgb(FIELDS[2]), "PAT-AE", "ACC-AE", study, series, 1)])
+    with dcmtk.StoreSCP(tmp_path / "archive") as archive, _bridge(stack, tmp_path, archive) as bridge:
+        wrong = dcmtk.storescu(bridge.port, files, called="NOT-MARROWDX")
+        assert wrong.returncode != 0 and "Association Rejected" in wrong.stdout + wrong.stderr
+        assert not bridge.spool.pending()
+        assert dcmtk.storescu(bridge.port, files).returncode == 0
+        _wait(lambda: any(m.startswith("SR") for m in archive.modalities()) and not bridge.spool.unsent(), 120)
+    assert {m[:2] for m in archive.modalities()} == {"SR", "MA"}  # storescp: SRc.<uid> and MAs.<uid>
+    for path in archive.files():
+        scheme = dcmtk.run("dcmdump", "+P", "0008,0110", str(path)).stdout  # that sequence only, with its items
+        assert "(0008,0102) SH [99MDX]" in scheme, f"{path.name}: no CodingSchemeIdentificationSequence for 99MDX"

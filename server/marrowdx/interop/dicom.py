@@ -184,7 +184,21 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
         is_complete=True, is_final=False, is_verified=False,
         series_description="marrowdx differential (research use only)")
     sr.ContentLabel = "MARROWDX"
+    declare_local_scheme(sr)
     return sr
+
+
+def declare_local_scheme(dataset: Dataset) -> None:
+    """Declare the private coding scheme (``99MDX``) the object uses: PS3.3 C.12.1.1.3 asks for
+    every scheme that is not in the DICOM registry (PS3.16 Table 8-1) to be identified here."""
+    table = code_table()
+    item = Dataset()
+    item.CodingSchemeDesignator = table.systems["local"]["dicom"]
+    item.CodingSchemeName = "marrowdx local codes"
+    item.CodingSchemeVersion = table.version
+    item.CodingSchemeResponsibleOrganization = "marrowdx (research use only)"
+    item.CodingSchemeExternalID = table.systems["local"]["fhir"]  # the same codes in FHIR
+    dataset.CodingSchemeIdentificationSequence = [item]
 
 
 # -- out: per-cell annotations --------------------------------------------------------------------------
@@ -244,6 +258,7 @@ def render_annotations(report: pb.CaseReport, sources: Sequence[Dataset], origin
             manufacturer_model_name="marrowdx", software_versions=report.models.detector or "unknown",
             device_serial_number="0", content_description="marrowdx cells (research use only)",
             pixel_origin_interpretation="FRAME" if str(source.SOPClassUID) != VL_WHOLE_SLIDE else "VOLUME"))
+        declare_local_scheme(objects[-1])
     return objects
 
 
