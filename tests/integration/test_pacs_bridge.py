@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from clients.pacs.bridge import BridgeConfig, Destination, PacsBridge
 from clients.pacs.nodes import StoreSCP, echo, send_files
+from clients.pacs.spool import Spool
 from marrowdx.interop.dicom import SECONDARY_CAPTURE, smear_image, smear_slide
 from tests.integration import dcmtk
 from tests.integration.dcmtk import need_dcmtk
@@ -259,3 +260,45 @@ def test_the_wrong_called_ae_title_is_refused_and_results_declare_their_local_sc
     for path in archive.files():
         scheme = dcmtk.run("dcmdump", "+P", "0008,0110", str(path)).stdout  # that sequence only, with its items
         assert "(0008,0102) SH [99MDX]" in scheme, f"{path.name}: no CodingSchemeIdentificationSequence for 99MDX"
+
+
+def test_a_spool_with_a_poison_object_and_a_refused_study_still_reports_the_good_ones(stack, tmp_path):
+    """Issue #20's scenario: a spool (as a bridge restarted on it finds it) holding one poison object
+    (undecodable pixels, no Modality), one study the service refuses (an 8x8 field) and three good
+    studies, one of them the Secondary Capture without Modality that used to be the poison. The three
+    are reported within a minute, the two bad ones are in rejected/ with reasons, and the service was
+    called once per study, as its own audit log confirms."""
+    need_dcmtk()
+    spool = Spool(tmp_path / "spool")
+    poison = smear_image(_rgb(FIELDS[0]), "PAT-X", "ACC-X", generate_uid(), generate_uid(), 1)
+    poison.PixelData = poison.PixelData[:999]
+    del poison.Modality
+    bad_keys = [spool.accept(poison).parent.name,
+                spool.accept(_tiny(generate_uid(), generate_uid(), 1)).parent.name]
+    good = []
+    for i, field in enumerate(FIELDS):
+        sop_class = SECONDARY_CAPTURE if i == 0 else "1.2.840.10008.5.1.4.1.1.77.1.2"
+        image = smear_image(_rgb(field), f"PAT-{i}", f"ACC-{i}", generate_uid(), generate_uid(), 1, sop_class=sop_class)
+        if i == 0:
+            del image.Modality
+        good.append(spool.accept(image).parent.name)
+    audit = stack.runtime.audit
+    before = max((e.seq for e in audit.recent(1)), default=0)
+    started = time.monotonic()
+    with dcmtk.StoreSCP(tmp_path / "archive") as archive, _bridge(stack, tmp_path, archive) as bridge:
+        _wait(lambda: set(good) <= set(bridge.reports) and not bridge.spool.unsent(), 60)
+        reported_in = time.monotonic() - started
+        _wait(lambda: not bridge.spool.pending(), 30)
+        time.sleep(2.0)  # more passes of the worker: nothing is run again
+        calls = bridge.service_calls
+    assert reported_in < 60
+    assert sum(m.startswith("SR") for m in archive.modalities()) == 3
+    rejected = tmp_path / "spool" / "rejected"
+    for key in bad_keys:
+        assert len(list((rejected / key).glob("*.dcm"))) == 1 and key not in bridge.reports
+    assert "pixel data cannot be decoded" in (rejected / f"{bad_keys[0]}.reason.txt").read_text()
+    assert "the service refused it" in (rejected / f"{bad_keys[1]}.reason.txt").read_text()
+    assert calls == 5  # once per study, none retried
+    time.sleep(0.5)  # the audit log is written off the request path
+    streams = [e for e in audit.recent(200) if e.seq > before and "DiagnoseCaseStream" in e.method]
+    assert 3 <= len(streams) <= calls  # the service's own count agrees: no hidden retries
