@@ -10,6 +10,12 @@ if ! command -v storescu >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk; } >/dev/null \
     || echo "bootstrap: could not install dcmtk; the DICOM peer tests will skip" >&2
 fi
+# PostgreSQL server binaries: the shared store's tests and the distributed fault test start their own
+# server on loopback (store/pglocal.py). Installed when missing and we are root; elsewhere they skip.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } >/dev/null \
+    || echo "bootstrap: could not install postgresql; the PostgreSQL store tests will skip" >&2
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
