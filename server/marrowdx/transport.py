@@ -1,5 +1,6 @@
 """How a client reaches the service: plaintext on loopback, TLS, mutual TLS,
-and a bearer token sent as ``authorization`` metadata on every call."""
+and a bearer token sent as ``authorization`` metadata on every call; several
+replicas are balanced per call (round robin), never pinned per connection."""
 
 from __future__ import annotations
 
@@ -73,22 +74,55 @@ def add_client_security_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-name", help="name to check the server certificate against")
 
 
-def _options(security: ClientSecurity, max_message_mb: int) -> list[tuple[str, object]]:
+# Targets naming several replicas: gRPC's own resolvers (dns:/// answers every address of a name,
+# e.g. a Kubernetes headless service; ipv4:/ipv6: list addresses).
+_RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def channel_target(address: str) -> tuple[str, bool]:
+    """The gRPC target for ``address`` and whether to balance per call over what it resolves to.
+
+    ``host:port`` is one service, as before. ``dns:///name:port`` (every replica behind a headless
+    service) and ``ip:port,ip:port,...`` (written ``ipv4:``/``ipv6:`` for gRPC) name several: each
+    call then goes to the next ready replica (round_robin). gRPC's default, pick_first, would send
+    every call of a channel to one replica, as any connection-level (TCP) balancer does for HTTP/2.
+    """
+    if address.startswith(_RESOLVER_SCHEMES):
+        return address, True
+    if "," in address:
+        parts = [p.strip() for p in address.split(",") if p.strip()]
+        hosts = [p.rsplit(":", 1)[0] for p in parts]
+        if all(h.startswith("[") for h in hosts):
+            return "ipv6:" + ",".join(parts), True
+        if all(h.replace(".", "").isdigit() for h in hosts):
+            return "ipv4:" + ",".join(parts), True
+        raise ValueError(f"a list of replicas must be IP addresses (ip:port,ip:port), not {address!r}; "
+                         "for names use dns:///NAME:PORT, which resolves every address of the name")
+    return address, False
+
+
+def _options(security: ClientSecurity, max_message_mb: int, balanced: bool = False) -> list[tuple[str, object]]:
     limit = max_message_mb * 1024 * 1024
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *security.options()]
+    options: list[tuple[str, object]] = [("grpc.max_send_message_length", limit),
+                                         ("grpc.max_receive_message_length", limit), *security.options()]
+    if balanced:
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return options
 
 
 def open_channel(address: str, security: ClientSecurity = PLAINTEXT, max_message_mb: int = 64) -> grpc.Channel:
+    address, balanced = channel_target(address)
     credentials = security.credentials()
-    options = _options(security, max_message_mb)
+    options = _options(security, max_message_mb, balanced)
     if credentials is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, credentials, options=options)
 
 
 def open_aio_channel(address: str, security: ClientSecurity = PLAINTEXT, max_message_mb: int = 64) -> grpc.aio.Channel:
+    address, balanced = channel_target(address)
     credentials = security.credentials()
-    options = _options(security, max_message_mb)
+    options = _options(security, max_message_mb, balanced)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(address, credentials, options=options)
