@@ -31,6 +31,9 @@ EXIT_USAGE = 2  # bad arguments, no input files, nothing to resend
 EXIT_RESEND = 3  # the report and ORU are written, but the LIS did not take the ORU: resend it later
 
 
+SPECIMENS = {"marrow": pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE, "blood": pb.SPECIMEN_TYPE_PERIPHERAL_BLOOD}
+
+
 def _hostport(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -44,7 +47,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("no images or DICOM files found", file=sys.stderr)
         return EXIT_USAGE
     info = pb.CaseInfo(case_id=args.case, accession_id=args.accession or "", target_count=args.target,
-                       request_id=args.request_id or request_id_for(args.case, args.accession or "", files))
+                       specimen_type=SPECIMENS[args.specimen],
+                       request_id=args.request_id or request_id_for(args.case, args.accession or "", files, args.specimen))
     family, _, given = (args.patient_name or "").partition("^")
     context = OrderContext(patient_id=args.patient_id, patient_family_name=family, patient_given_name=given,
                            birth_date=args.birth_date or "", sex=args.sex or "",
@@ -109,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="HOST:PORT of the marrowdx service (default: start the embedded stack)")
     p.add_argument("--case", required=True, help="the lab's case id (sent to the service)")
     p.add_argument("--accession", help="accession number (sent to the service; filler order number)")
+    p.add_argument("--specimen", choices=sorted(SPECIMENS), required=True,
+                   help="bone marrow aspirate or peripheral blood: the rules and result codes differ")
     p.add_argument("--patient-id", required=True, help="written into HL7/FHIR only, never sent to the service")
     p.add_argument("--patient-name", help="FAMILY^GIVEN, HL7/FHIR only")
     p.add_argument("--birth-date", help="YYYYMMDD, HL7/FHIR only")

@@ -59,11 +59,11 @@ def images_of(files: list[Path]) -> Iterator[pb.Image]:
             n += 1
 
 
-def request_id_for(case_id: str, accession: str, files: list[Path]) -> str:
+def request_id_for(case_id: str, accession: str, files: list[Path], specimen: str = "") -> str:
     """Same case and same file contents, same request id: a resubmission returns the stored
     report. The bytes are hashed, not names and sizes: a re-scan written under the same
     names must be a new request, never answered with the stale report."""
-    digest = hashlib.sha256(f"{case_id}\0{accession}".encode())
+    digest = hashlib.sha256(f"{case_id}\0{accession}\0{specimen}".encode())
     for path in files:
         content = hashlib.sha256()
         with open(path, "rb") as handle:

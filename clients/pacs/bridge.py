@@ -94,6 +94,9 @@ class BridgeConfig:
     target_count: int = 0  # 0: the service's default
     retry_s: float = 10.0  # first retry of a deferred study or send; doubles each time
     retry_max_s: float = 600.0
+    # Specimen of studies whose images do not say ("bone_marrow_aspirate", "peripheral_blood"); "": such a
+    # study is rejected (the service's rules differ by specimen and it refuses to guess).
+    specimen: str = ""
     # The service's image limits (its min_image_side, max_image_pixels), checked before a C-STORE is acknowledged.
     min_image_side: int = 32
     max_image_pixels: int = 50_000_000
@@ -138,6 +141,25 @@ def check_instance(dataset: Dataset, min_side: int = 32, max_pixels: int = 50_00
         frames_as_png(dataset)
     except DicomInputError as exc:
         return str(exc)
+    return ""
+
+
+SPECIMENS = {"bone_marrow_aspirate": pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE,
+             "peripheral_blood": pb.SPECIMEN_TYPE_PERIPHERAL_BLOOD}
+
+
+def specimen_of(dataset: Dataset) -> str:
+    """"bone_marrow_aspirate" or "peripheral_blood" where the image says so (SpecimenDescriptionSequence
+    short description or primary anatomic structure, or BodyPartExamined), else ""."""
+    texts = [str(dataset.get("BodyPartExamined", "") or "")]
+    for item in dataset.get("SpecimenDescriptionSequence", None) or []:
+        texts.append(str(item.get("SpecimenShortDescription", "") or ""))
+        texts += [str(code.get("CodeMeaning", "") or "") for code in item.get("PrimaryAnatomicStructureSequence", None) or []]
+    text = " ".join(texts).lower()
+    if "marrow" in text:
+        return "bone_marrow_aspirate"
+    if "blood" in text:
+        return "peripheral_blood"
     return ""
 
 
@@ -300,6 +322,19 @@ class PacsBridge:
         expected = int(header.get("ImagesInAcquisition", 0) or 0)
         return expected > 0 and len(case.files) >= expected
 
+    def _specimen(self, headers: list[Dataset]) -> int:
+        """The study's specimen: as its images say (specimen description or body part), else the
+        bridge's --specimen. The rules differ by specimen, so a study with neither is rejected,
+        never read as marrow."""
+        for header in headers:
+            found = specimen_of(header)
+            if found:
+                return SPECIMENS[found]
+        if self.config.specimen:
+            return SPECIMENS[self.config.specimen]
+        raise ValueError("the specimen type is unknown: the images do not say (bone marrow or blood) "
+                         "and the bridge has no --specimen")
+
     def _fields(self, headers: list[Dataset], files: list[Path]):
         """(file, PNG bytes, FieldOrigin or None where boxes cannot be annotated) for every field of the case."""
         for position, (header, path) in enumerate(zip(headers, files, strict=True)):
@@ -319,7 +354,8 @@ class PacsBridge:
         # Same inputs, same request id: a retry after a failure returns the report already made.
         request_id = hashlib.sha256("".join(sorted(str(h.SOPInstanceUID) for h in headers)).encode()).hexdigest()[:32]
         info = pb.CaseInfo(case_id=str(headers[0].StudyInstanceUID), accession_id=str(headers[0].get("AccessionNumber", "")),
-                           request_id=request_id, target_count=self.config.target_count)
+                           request_id=request_id, target_count=self.config.target_count,
+                           specimen_type=self._specimen(headers))
         origins: dict[int, FieldOrigin] = {}
         sent_from: dict[int, Path] = {}  # field index -> its object, to name the one the service refuses
 

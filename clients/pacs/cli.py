@@ -20,6 +20,8 @@ from clients.pacs.nodes import StoreSCP, echo, send_files
 from marrowdx import logging as mlog
 from marrowdx.transport import ClientSecurity, add_client_security_flags
 
+SPECIMEN_CHOICES = {"marrow": "bone_marrow_aspirate", "blood": "peripheral_blood"}
+
 
 def _node(value: str) -> Destination:
     parts = value.split(":")
@@ -34,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           host=args.host, port=args.port, ae_title=args.ae_title, idle_s=args.idle,
                           field_size=args.field_size, security=security,
                           allowed_calling_aes=tuple(args.allow_calling_ae or ()),
-                          min_image_side=args.min_image_side, max_image_pixels=args.max_image_pixels)
+                          min_image_side=args.min_image_side, max_image_pixels=args.max_image_pixels,
+                          specimen=SPECIMEN_CHOICES[args.specimen])
     with PacsBridge(config) as bridge:
         print(f"marrowdx-pacs: {args.ae_title} on {args.host}:{bridge.port}, spool {args.spool} "
               "(research use only)", file=sys.stderr, flush=True)
@@ -111,6 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"starting the embedded stack; working in {work}", file=sys.stderr)
     with embedded_stack(Settings.from_env(state_dir=work / "state")) as stack, StoreSCP(work / "archive") as archive:
         config = BridgeConfig(spool_dir=work / "spool", service_address=stack.address, port=0, idle_s=2.0, poll_s=0.2,
+                              specimen="bone_marrow_aspirate",
                               destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
             statuses = send_files(files, "127.0.0.1", bridge.port, config.ae_title)
@@ -152,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--ae-title", default="MARROWDX")
+    p.add_argument("--specimen", choices=sorted(SPECIMEN_CHOICES), required=True,
+                   help="specimen of studies whose images do not say (the rules differ: marrow or blood)")
     p.add_argument("--allow-calling-ae", action="append", metavar="AE_TITLE",
                    help="accept associations only from this calling AE title (repeat for each sender; default: any)")
     p.add_argument("--idle", type=float, default=30.0, help="seconds without a new image before a case runs")

@@ -66,7 +66,8 @@ def test_images_in_results_out_with_the_right_counts(stack, tmp_path):
     files = _write(tmp_path / "scanner", images)
 
     with StoreSCP(tmp_path / "archive") as archive:
-        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=2.0,
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
+                              idle_s=2.0,
                               poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
             assert echo("127.0.0.1", bridge.port, "MARROWDX") == 0
@@ -91,8 +92,12 @@ def test_images_in_results_out_with_the_right_counts(stack, tmp_path):
     assert referenced == {d.SOPInstanceUID for d in images}
     measurements = _sr_measurements(sr)
     assert measurements["38257-2"] == report.cells_counted > 0
-    for item in report.differential:
-        assert measurements[f"MDX-CELL-{item.cell_class.upper()}"] == pytest.approx(item.percent, abs=1e-3)
+    for item in report.differential:  # untrained classes are not assessed: no measurement, never a 0%
+        code = f"MDX-CELL-{item.cell_class.upper()}"
+        if item.trained:
+            assert measurements[code] == pytest.approx(item.percent, abs=1e-3)
+        else:
+            assert code not in measurements
     # Annotations: one object per annotated source image; boxes add up to the report's evidence with boxes.
     annotations = [hd.ann.annread(tmp_path / "archive" / f"{d.SOPInstanceUID}.dcm")
                    for d in received["1.2.840.10008.5.1.4.1.1.91.1"]]
@@ -118,7 +123,8 @@ def test_malformed_objects_are_refused_and_kept_and_the_case_goes_on(stack, tmp_
     broken.PixelData = broken.PixelData[:1000]  # truncated pixel data
     files = _write(tmp_path / "scanner", [good, no_pixels, broken])
     with StoreSCP(tmp_path / "archive") as archive:
-        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=1.0,
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
+                              idle_s=1.0,
                               poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
             statuses = send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
@@ -136,7 +142,8 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(stack, tmp_path
     from marrowdx.inference.launcher import free_port
 
     archive.port = free_port()  # nobody listens there yet
-    config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=0.5,
+    config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
+                              idle_s=0.5,
                           poll_s=0.2, retry_s=0.5, destination=Destination("127.0.0.1", archive.port, "ARCHIVE"))
     with PacsBridge(config) as bridge:
         send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
@@ -150,7 +157,8 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(stack, tmp_path
 
 # -- independent peers: dcmtk's storescu as the modality, storescp as the archive ----------------------
 def _bridge(stack, tmp_path, archive, **overrides) -> PacsBridge:
-    config = dict(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=1.0, poll_s=0.2,
+    config = dict(spool_dir=tmp_path / "spool", service_address=stack.address, specimen="bone_marrow_aspirate",
+                  port=0, idle_s=1.0, poll_s=0.2,
                   retry_s=0.5, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
     config.update(overrides)
     return PacsBridge(BridgeConfig(**config))

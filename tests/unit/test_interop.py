@@ -77,11 +77,12 @@ def test_oru_parses_back_with_one_obx_per_class_and_escaped_text(report):
     assert message.unescape(str(message.segment("PID")[3][0][0])) == "MRN^42"  # escaped, not split
     cell_obx = [s for s in message.segments("OBX") if str(s[3][0][0]).startswith("MDX-CELL-")]
     assert [str(s[3][0][0]) for s in cell_obx] == ["MDX-CELL-BLAST", "MDX-CELL-SEGMENTED_NEUTROPHIL", "MDX-CELL-LYMPHOBLAST"]
-    assert [str(s[5]) for s in cell_obx] == ["31.7", "68.3", "0.0"]
-    assert all(str(s[11]) == "P" for s in message.segments("OBX"))
+    assert [str(s[5]) for s in cell_obx] == ["31.7", "68.3", ""]  # the untrained class: no value, not 0.0
+    assert [str(s[11]) for s in cell_obx] == ["P", "P", "X"]  # X: results cannot be obtained
+    assert all(str(s[11]) == "P" for s in message.segments("OBX") if s not in cell_obx)
     notes = [message.unescape(str(s[3])) for s in message.segments("NTE")]
     assert f"Conclusion: {TRICKY}" in notes
-    assert any("not trained" in n for n in notes) and any("det-1" in n and "rules-1" in n for n in notes)
+    assert any("not assessed" in n for n in notes) and any("det-1" in n and "rules-1" in n for n in notes)
     assert any("detection_score 0.25" in n for n in notes)
     excluded = [s for s in message.segments("OBX") if str(s[3][0][0]) == "MDX-EXCLUDED"]
     assert {str(s[4]): int(str(s[5])) for s in excluded} == {"cut_by_edge": 12, "low_confidence": 40}
@@ -118,8 +119,9 @@ def test_fhir_bundle_validates_and_links_the_panel(report):
     panel = by_url[diagnostic.result[0].reference]
     members = [by_url[m.reference] for m in panel.hasMember]
     cells = [m for m in members if m.code.coding[0].code.startswith("MDX-CELL-")]
-    assert [float(c.valueQuantity.value) for c in cells] == [31.72, 68.28, 0.0]
-    assert [(float(c.component[0].valueQuantity.value), float(c.component[1].valueQuantity.value)) for c in cells][0] == (26.9, 36.9)
+    assert [float(c.valueQuantity.value) for c in cells[:2]] == [31.72, 68.28]
+    assert [(float(c.component[0].valueQuantity.value), float(c.component[1].valueQuantity.value)) for c in cells[:2]][0] == (26.9, 36.9)
+    assert cells[2].valueQuantity is None and cells[2].dataAbsentReason.coding[0].code == "not-performed"
     assert "not trained" in cells[2].note[0].text
     device = by_url[members[0].device.reference]
     assert {v.value for v in device.version} == {"det-1", "cls-1", "tax-1", "rules-1"}
@@ -251,3 +253,66 @@ def test_result_uids_follow_the_report_so_a_resend_cannot_duplicate(report):
     changed.report_id = "rpt_other"
     assert render_sr(changed, sources).SOPInstanceUID != first.SOPInstanceUID
     assert not set(annotations) & {a.SOPInstanceUID for a in render_annotations(changed, sources, origins)}
+
+
+
+# -- issue #23: not assessed is not zero, blood is not marrow, urgent is critical ---------------------
+def _by_code(bundle, prefix: str):
+    return [e.resource for e in bundle.entry if e.resource.get_resource_type() == "Observation"
+            and e.resource.code.coding[0].code.startswith(prefix)]
+
+
+def test_an_untrained_class_is_not_assessed_never_zero_with_an_interval(report):
+    message = hl7.parse(render_oru(report, CONTEXT))
+    (obx,) = [s for s in message.segments("OBX") if str(s[3][0][0]) == "MDX-CELL-LYMPHOBLAST"]
+    assert str(obx[5]) == "" and str(obx[6]) == "" and str(obx[11]) == "X"
+    (observation,) = _by_code(render_bundle(report, CONTEXT), "MDX-CELL-LYMPHOBLAST")
+    assert observation.valueQuantity is None and not observation.component
+    assert observation.dataAbsentReason.coding[0].system == "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+    sr = render_sr(report, _sources())
+    assert "MDX-CELL-LYMPHOBLAST" not in {m.name.value for m in hd.sr.ComprehensiveSR.from_dataset(sr).content
+                                          .get_image_measurement_groups()[0].get_measurements()}
+
+
+def test_a_blood_case_uses_blood_codes_and_no_marrow_only_results(report):
+    report.case_info.specimen_type = pb.SPECIMEN_TYPE_PERIPHERAL_BLOOD
+    report.findings.add(code="lymphoma_infiltration", label="Marrow infiltration", specimen="bone_marrow_aspirate",
+                        status=pb.FINDING_STATUS_NEGATIVE)
+    er7 = render_oru(report, CONTEXT)
+    message = hl7.parse(er7)
+    assert str(message.segment("OBR")[4][0][0]) == "69738-3"
+    codes = {str(s[3][0][0]) for s in message.segments("OBX")}
+    assert "MDX-CELLS-COUNTED-BLD" in codes and "38257-2" not in codes
+    assert not {"MDX-ME-RATIO", "MDX-FINDING-LYMPHOMA_INFILTRATION"} & codes
+    bundle_json = render_bundle(report, CONTEXT).model_dump_json()
+    for marrow_only in ("47286-0", "38257-2", "MDX-ME-RATIO", "MDX-FINDING-LYMPHOMA_INFILTRATION"):
+        assert marrow_only not in er7 and marrow_only not in bundle_json
+    assert "69738-3" in bundle_json
+    parse_message(er7, validation_level=VALIDATION_LEVEL.STRICT).validate()
+    report.case_info.specimen_type = pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE  # the same report from marrow keeps them
+    assert {"47286-0", "38257-2", "MDX-ME-RATIO"} <= {str(s[3][0][0]) for s in hl7.parse(render_oru(report, CONTEXT)).segments("OBX")} | {
+        str(hl7.parse(render_oru(report, CONTEXT)).segment("OBR")[4][0][0])}
+
+
+def test_an_urgent_finding_is_critical_in_hl7_and_fhir(report):
+    apl = report.findings.add(code="suspected_apl", label="Suspected APL: confirm PML::RARA today",
+                              status=pb.FINDING_STATUS_POSITIVE, explanation="abnormal promyelocytes",
+                              rule_id="R-APL", source="WHO 2022")
+    apl.urgent = True
+    message = hl7.parse(render_oru(report, CONTEXT))
+    flags = {str(s[3][0][0]): str(s[8]) for s in message.segments("OBX") if str(s[2]) == "CWE"}
+    assert flags == {"MDX-FINDING-ACUTE_LEUKEMIA": "", "MDX-FINDING-ACUTE_LYMPHOBLASTIC_LEUKEMIA": "",
+                     "MDX-FINDING-SUSPECTED_APL": "AA"}
+    assert any(message.unescape(str(s[3])).startswith("CRITICAL: Suspected APL") for s in message.segments("NTE"))
+    (observation,) = _by_code(render_bundle(report, CONTEXT), "MDX-FINDING-SUSPECTED_APL")
+    assert observation.interpretation[0].coding[0].code == "AA"
+    assert not _by_code(render_bundle(report, CONTEXT), "MDX-FINDING-ACUTE_LEUKEMIA")[0].interpretation
+
+
+def test_a_finding_not_assessed_has_no_value(report):
+    report.findings[1].not_assessed = True
+    message = hl7.parse(render_oru(report, CONTEXT))
+    (obx,) = [s for s in message.segments("OBX") if str(s[3][0][0]) == "MDX-FINDING-ACUTE_LYMPHOBLASTIC_LEUKEMIA"]
+    assert str(obx[5]) == "" and str(obx[11]) == "X"
+    (observation,) = _by_code(render_bundle(report, CONTEXT), "MDX-FINDING-ACUTE_LYMPHOBLASTIC_LEUKEMIA")
+    assert observation.valueCodeableConcept is None and observation.dataAbsentReason.coding[0].code == "not-performed"

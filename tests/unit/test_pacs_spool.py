@@ -124,7 +124,8 @@ def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(t
 
     # The service address is a closed port on loopback: every call fails UNAVAILABLE, as when the service is down.
     bridge = PacsBridge(BridgeConfig(spool_dir=tmp_path, service_address=f"127.0.0.1:{free_port()}",
-                                     destination=None, idle_s=0, retry_s=10, retry_max_s=40))
+                                     destination=None, idle_s=0, retry_s=10, retry_max_s=40,
+                                     specimen="bone_marrow_aspirate"))
     poison_folder = tmp_path / "incoming" / ("0" * 24)
     poison_folder.mkdir(parents=True)
     (poison_folder / "f.dcm").write_bytes(b"not DICOM at all")  # sorts first: it used to stop the walk
@@ -143,3 +144,24 @@ def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(t
     assert bridge.service_calls == 2
     bridge.step(now + 32)
     assert bridge.service_calls == 3 and good.exists() and good.parent.name not in bridge.rejected
+
+
+def test_the_specimen_comes_from_the_images_or_the_bridge_and_is_never_guessed(tmp_path):
+    from pydicom.dataset import Dataset
+
+    from clients.pacs.bridge import specimen_of
+
+    marrow = _image(generate_uid(), 1)
+    item = Dataset()
+    item.SpecimenShortDescription = "Bone marrow aspirate smear, MGG"
+    marrow.SpecimenDescriptionSequence = [item]
+    blood = _image(generate_uid(), 1)
+    blood.BodyPartExamined = "BLOOD"
+    assert (specimen_of(marrow), specimen_of(blood), specimen_of(_image(generate_uid(), 1))) == (
+        "bone_marrow_aspirate", "peripheral_blood", "")
+    # Neither the images nor the bridge say: the study is rejected with why, and the service is not called.
+    bridge = PacsBridge(BridgeConfig(spool_dir=tmp_path, service_address="unused:1", destination=None, idle_s=0))
+    unknown = bridge.spool.accept(_image(generate_uid(), 1))
+    bridge.step(time.time() + 5)
+    assert bridge.service_calls == 0 and not unknown.exists()
+    assert "specimen type is unknown" in (tmp_path / "rejected" / f"{unknown.parent.name}.reason.txt").read_text()

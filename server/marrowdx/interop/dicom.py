@@ -152,13 +152,15 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
         parameters=[f"{k}={v}" for k, v in thresholds_of(report).items()] or None)
     measurements = []
     for item in report.differential:
+        if not item.trained:
+            continue  # not assessed is not 0%: a TID 300 measurement needs a value, so none is written
         properties = hd.sr.MeasurementProperties(
             upper_measurement_uncertainty=round(item.ci_high_percent - item.percent, 3),
             lower_measurement_uncertainty=round(item.percent - item.ci_low_percent, 3))
         measurements.append(hd.sr.Measurement(
             name=_concept(table.cell_class(item.cell_class, item.label)), value=round(item.percent, 3), unit=PERCENT,
             algorithm_id=algorithm, properties=properties))
-    measurements.append(hd.sr.Measurement(name=_concept(table.cells_counted), value=report.cells_counted, unit=CELLS,
+    measurements.append(hd.sr.Measurement(name=_concept(table.cells_counted_for(report)), value=report.cells_counted, unit=CELLS,
                                           algorithm_id=algorithm))
     for reason, count in sorted(report.excluded_counts.items()):
         excluded = table.cells_excluded
@@ -177,7 +179,7 @@ def render_sr(report: pb.CaseReport, sources: Sequence[Dataset], series_number: 
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources[:1]])
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=_concept(table.panel), imaging_measurements=[group])
+        procedure_reported=_concept(table.panel_for(report)), imaging_measurements=[group])
     sr = hd.sr.ComprehensiveSR(
         evidence=list(sources), content=content[0], series_instance_uid=result_uid(report, "sr series"),
         series_number=series_number, sop_instance_uid=result_uid(report, "sr"), instance_number=1, manufacturer=MANUFACTURER,

@@ -44,6 +44,14 @@ def code_table_markdown() -> str:
         lines.append(f"| {key.removesuffix('_prefix')} | {e['system']} | `{e['prefix']}<CODE>` | taxonomy/rule label | {e['source']} |")
     for status, e in table["finding_status"].items():
         lines.append(f"| finding status {status.lower()} | {e['system']} | `{e['code']}` | {e['display']} | local |")
+    for key in ("panel", "cells_counted"):
+        e = table["peripheral_blood"][key]
+        lines.append(f"| {key} (peripheral blood) | {e['system']} | `{e['code']}` | {e['display']} | {e['source']} |")
+    absent, critical = table["not_assessed"]["fhir_data_absent_reason"], table["critical"]["fhir_interpretation"]
+    lines += ["", table["peripheral_blood"]["note"], "",
+              f"Not assessed: {table['not_assessed']['note']} HL7 OBX-11 `{table['not_assessed']['hl7_result_status']}`; "
+              f"FHIR `{absent['system']}` `{absent['code']}` ({absent['display']}).", "",
+              f"Critical: {table['critical']['note']} FHIR `{critical['system']}` `{critical['code']}` ({critical['display']})."]
     lines += ["", "Systems: " + "; ".join(f"{k}: HL7 `{v['hl7']}`, FHIR `{v['fhir']}`, DICOM `{v['dicom']}`"
                                           for k, v in table["systems"].items()), "", "Not used, and why:", ""]
     lines += [f"- `{e['code']}`: {e['why']}" for e in table["not_used"]]
@@ -78,7 +86,8 @@ def main(out_dir: str) -> int:
     images = [pb.Image(data=frames_as_png(ds)[0], image_id=f"{i:05d}.png") for i, ds in enumerate(sources)]
     settings = Settings.from_env(state_dir=PROJECT_ROOT / "var" / "examples")
     with embedded_service(settings) as address, Client(address) as client:
-        report = client.diagnose(pb.CaseInfo(case_id="EXAMPLE-CASE", accession_id="ACC-EXAMPLE-1", target_count=300),
+        report = client.diagnose(pb.CaseInfo(case_id="EXAMPLE-CASE", accession_id="ACC-EXAMPLE-1", target_count=300,
+                                             specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE),
                                  fields=images)
     (out / "example-oru.hl7").write_text(render_oru(report, EXAMPLE_CONTEXT, control_id="EXAMPLE-1").replace("\r", "\n"))
     (out / "example-fhir-bundle.json").write_text(

@@ -10,8 +10,10 @@ versions and thresholds), DiagnosticReport (code LOINC 47286-0, conclusion,
 conclusionCode per finding) -> a panel Observation whose ``hasMember`` are
 one Observation per cell class (valueQuantity %, 95% interval as two
 components), cells counted (LOINC 38257-2), excluded cells by reason, M:E
-ratio and one per finding (valueCodeableConcept positive/negative/
-indeterminate, the reason as a note).
+ratio (marrow only) and one per finding (valueCodeableConcept positive/
+negative/indeterminate, the reason as a note). Not assessed (an untrained
+class, a rule not applied) is dataAbsentReason, never a zero; an urgent
+finding carries interpretation AA (critical); a blood case the blood codes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx.interop.codes import Coding, code_table, thresholds_of
+from marrowdx.interop.codes import Coding, applies, code_table, is_blood, is_not_assessed, is_urgent, thresholds_of
 from marrowdx.interop.context import OrderContext
 
 UCUM = "http://unitsofmeasure.org"
@@ -90,41 +92,50 @@ def render_bundle(report: pb.CaseReport, context: OrderContext) -> Bundle:
         entries.append((ref, Observation.model_validate(_clean(resource))))
         return ref
 
+    absent = {"coding": [codes.data_absent_reason], "text": "not assessed"}
     members = []
     for item in report.differential:
-        note = [{"text": f"{item.count} cells; class not trained on real data: do not rely on it"}] if not item.trained \
-            else [{"text": f"{item.count} cells"}]
+        code = _concept(codes.cell_class(item.cell_class, item.label), item.label)
+        if not item.trained:  # not assessed, not 0%: no value and no interval, the reason instead
+            members.append(observation(code, dataAbsentReason=absent, note=[
+                {"text": "not assessed: the classifier was not trained on this class"}]))
+            continue
         members.append(observation(
-            _concept(codes.cell_class(item.cell_class, item.label), item.label),
-            valueQuantity=_quantity(round(item.percent, 2), "%", "%"),
+            code, valueQuantity=_quantity(round(item.percent, 2), "%", "%"),
             component=[{"code": _concept(CI_LOW), "valueQuantity": _quantity(round(item.ci_low_percent, 2), "%", "%")},
                        {"code": _concept(CI_HIGH), "valueQuantity": _quantity(round(item.ci_high_percent, 2), "%", "%")}],
-            note=note))
-    members.append(observation(_concept(codes.cells_counted),
+            note=[{"text": f"{item.count} cells"}]))
+    members.append(observation(_concept(codes.cells_counted_for(report)),
                                valueQuantity=_quantity(report.cells_counted, "cells", "{cells}")))
     for reason, count in sorted(report.excluded_counts.items()):
         members.append(observation(_concept(codes.cells_excluded, f"excluded: {reason}"),
                                    valueQuantity=_quantity(count, "cells", "{cells}")))
-    if report.HasField("myeloid_erythroid_ratio"):
+    if report.HasField("myeloid_erythroid_ratio") and not is_blood(report):  # a marrow-only result
         members.append(observation(_concept(codes.me_ratio),
                                    valueQuantity=_quantity(round(report.myeloid_erythroid_ratio, 3), "ratio", "{ratio}")))
     conclusion_codes = []
-    for finding in report.findings:
+    critical = {"coding": [codes.critical_interpretation], "text": "critical: act today"}
+    for finding in (f for f in report.findings if applies(report, f)):
         state = pb.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_")
         finding_coding = codes.finding(finding.code, finding.label)
-        members.append(observation(_concept(finding_coding, finding.label),
-                                   valueCodeableConcept=_concept(codes.finding_status(state)),
+        value = {"dataAbsentReason": absent} if is_not_assessed(finding) else \
+            {"valueCodeableConcept": _concept(codes.finding_status(state))}
+        if is_urgent(finding):
+            value["interpretation"] = [critical]
+        members.append(observation(_concept(finding_coding, finding.label), **value,
                                    note=[{"text": f"{finding.explanation} (rule {finding.rule_id}; {finding.source})"}]))
-        conclusion_codes.append(_concept(finding_coding, f"{finding.label}: {state.lower()}"))
+        label = "not assessed" if is_not_assessed(finding) else state.lower()
+        conclusion_codes.append(_concept(finding_coding, f"{finding.label}: {label}" + (" (CRITICAL)" if is_urgent(finding) else "")))
 
-    panel_ref = observation(_concept(codes.panel), hasMember=[{"reference": r} for r in members],
+    panel = _concept(codes.panel_for(report))  # blood and marrow have their own panel terms
+    panel_ref = observation(panel, hasMember=[{"reference": r} for r in members],
                             note=[{"text": report.disclaimer}])
     report_ref = _urn()
     diagnostic = {"resourceType": "DiagnosticReport", "status": status,
                   "identifier": [{"system": "urn:marrowdx:report-id", "value": report.report_id}],
                   "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
                                             "display": "Hematology"}]}],
-                  "code": _concept(codes.panel), "subject": {"reference": patient_ref},
+                  "code": panel, "subject": {"reference": patient_ref},
                   "effectiveDateTime": issued, "issued": issued, "result": [{"reference": panel_ref}],
                   "conclusion": f"{report.conclusion} -- {report.disclaimer}",
                   "conclusionCode": conclusion_codes or None}

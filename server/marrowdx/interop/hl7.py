@@ -1,11 +1,14 @@
 """HL7 v2.5.1 ORU^R01 from a case report, built with hl7apy (no string concatenation).
 
 One OBX per differential item (NM, %, UCUM) with an NTE carrying its 95%
-interval and whether the class was trained; OBX for cells counted (LOINC
-38257-2), cells excluded by reason, the M:E ratio and each finding (CWE,
-positive/negative/indeterminate, with an NTE giving the reason). Order-level
-NTEs carry the conclusion, model versions, thresholds and the research-use
-disclaimer. Results are preliminary (P) until a reviewer signs (F).
+interval; OBX for cells counted, cells excluded by reason, the M:E ratio
+(marrow only) and each finding (CWE, positive/negative/indeterminate, with an
+NTE giving the reason). Order-level NTEs carry the conclusion, model
+versions, thresholds and the research-use disclaimer. Results are
+preliminary (P) until a reviewer signs (F). A class not trained on, or a
+finding not assessed, has no OBX-5 and OBX-11 X (never a zero); an urgent
+finding has OBX-8 AA; a blood case uses the blood codes. MSH-18 names the
+charset the bytes are in (``encode_oru``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from hl7apy.base_datatypes import ST
 from hl7apy.core import Group, Message, Segment
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx.interop.codes import Coding, code_table, thresholds_of
+from marrowdx.interop.codes import Coding, applies, code_table, is_blood, is_not_assessed, is_urgent, thresholds_of
 from marrowdx.interop.context import OrderContext
 
 VERSION = "2.5.1"
@@ -49,8 +52,10 @@ def _note(parent: Group, text: str, index: int) -> None:
     nte.nte_3 = _esc(text)
 
 
-def _observation(order: Group, set_id: int, value_type: str, code: Coding, value: str, status: str,
-                 units: Coding | None = None, sub_id: str = "") -> Group:
+def _observation(order: Group, set_id: int, value_type: str, code: Coding, value: str | None, status: str,
+                 units: Coding | None = None, sub_id: str = "", abnormal_flag: str = "") -> Group:
+    """One OBX. ``value`` None: not assessed - no OBX-5 and result status X ("results cannot be
+    obtained"), so a receiver never reads a zero that was not measured."""
     group = order.add_group("ORU_R01_OBSERVATION")
     obx = group.add_segment("OBX")
     obx.obx_1 = str(set_id)
@@ -58,6 +63,9 @@ def _observation(order: Group, set_id: int, value_type: str, code: Coding, value
     _coded(obx, "obx_3", code)
     if sub_id:
         obx.obx_4 = _esc(sub_id)
+    if value is None:
+        obx.obx_11 = code_table().not_assessed_status
+        return group
     if value_type == "CWE":
         status_coding = code_table().finding_status(value)
         obx.obx_5 = "^".join(_esc(part) for part in (status_coding.code, status_coding.display, status_coding.hl7_system()))
@@ -65,6 +73,8 @@ def _observation(order: Group, set_id: int, value_type: str, code: Coding, value
         obx.obx_5 = value
     if units is not None:
         _coded(obx, "obx_6", units)
+    if abnormal_flag:
+        obx.obx_8 = abnormal_flag
     obx.obx_11 = status
     return group
 
@@ -115,7 +125,7 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
     if context.placer_order_number:
         obr.obr_2 = _esc(context.placer_order_number)
     obr.obr_3 = _esc(filler)
-    _coded(obr, "obr_4", codes.panel)
+    _coded(obr, "obr_4", codes.panel_for(report))  # blood and marrow have their own panel terms
     obr.obr_7 = _ts(report)
     if context.ordering_provider:
         obr.obr_16 = _esc(context.ordering_provider)
@@ -133,6 +143,10 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
         f"Cells counted {report.cells_counted} of target {report.target_count} (minimum {report.minimum_count}); "
         f"images {report.images_received}",
     ]
+    findings = [f for f in report.findings if applies(report, f)]
+    notes += [f"CRITICAL: {f.label}: {f.explanation}" for f in findings if is_urgent(f)]
+    if report.not_assessed:
+        notes.append("Not assessed by this screen: " + ", ".join(report.not_assessed))
     for i, text in enumerate(notes, start=1):
         _note(order, text, i)
 
@@ -140,22 +154,27 @@ def render_oru(report: pb.CaseReport, context: OrderContext, control_id: str = "
     for item in report.differential:
         set_id += 1
         coding = codes.cell_class(item.cell_class, item.label)
+        if not item.trained:  # not assessed, not 0%: no value, no interval
+            group = _observation(order, set_id, "NM", coding, None, status)
+            _note(group, "not assessed: the classifier was not trained on this class", 1)
+            continue
         group = _observation(order, set_id, "NM", coding, f"{item.percent:.1f}", status, PERCENT)
-        trained = "" if item.trained else "; class not trained on real data: do not rely on it"
-        _note(group, f"{item.count} cells; 95% CI {item.ci_low_percent:.1f}-{item.ci_high_percent:.1f}%{trained}", 1)
+        _note(group, f"{item.count} cells; 95% CI {item.ci_low_percent:.1f}-{item.ci_high_percent:.1f}%", 1)
     set_id += 1
-    _observation(order, set_id, "NM", codes.cells_counted, str(report.cells_counted), status, CELLS)
+    _observation(order, set_id, "NM", codes.cells_counted_for(report), str(report.cells_counted), status, CELLS)
     for reason, count in sorted(report.excluded_counts.items()):
         set_id += 1
         _observation(order, set_id, "NM", codes.cells_excluded, str(count), status, CELLS, sub_id=reason)
-    if report.HasField("myeloid_erythroid_ratio"):
+    if report.HasField("myeloid_erythroid_ratio") and not is_blood(report):  # a marrow-only result
         set_id += 1
         _observation(order, set_id, "NM", codes.me_ratio, f"{report.myeloid_erythroid_ratio:.2f}", status,
                      Coding("ucum", "{ratio}", "ratio"))
-    for finding in report.findings:
+    for finding in findings:
         set_id += 1
         state = pb.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_")
-        group = _observation(order, set_id, "CWE", codes.finding(finding.code, finding.label), state, status)
+        group = _observation(order, set_id, "CWE", codes.finding(finding.code, finding.label),
+                             None if is_not_assessed(finding) else state, status,
+                             abnormal_flag=codes.critical_flag if is_urgent(finding) else "")
         _note(group, f"{finding.explanation} (rule {finding.rule_id}; {finding.source})", 1)
     return message.to_er7()
 
