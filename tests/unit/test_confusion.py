@@ -80,3 +80,18 @@ def test_lineage_rule_lower_bound_is_precision_and_unknown_lineage_blasts_only_w
 def test_fallback_counts_the_rules_possibly_classes_in_full():
     b = bounds("R-AL-BM-02", {"blast": 30, "promyelocyte": 50, "lymphocyte": 320}, None)
     assert (b.k_low, b.k_high) == (30, 80)
+
+
+def test_every_committed_confusion_file_loads_and_names_known_classes():
+    # A bad file would fail every report of its weights: catch it here, not in service.
+    from importlib import resources
+
+    folder = resources.files("marrowdx.data").joinpath("confusion")
+    files = [f for f in folder.iterdir() if f.name.endswith(".json")] if folder.is_dir() else []
+    codes = set(TAX.codes)
+    for entry in files:
+        c = load_confusion(entry.name.removesuffix(".json"))
+        assert c is not None, entry.name
+        for called, row in c.called.items():
+            assert called in codes, (entry.name, called)
+            assert set(row) <= codes, (entry.name, called, set(row) - codes)
