@@ -331,3 +331,15 @@ def test_every_rule_class_is_in_the_lineage_taxonomy():
     for rule in RULES.rules:
         for code in (*rule.numerator, *rule.possibly, *rule.unknown_lineage, *(rule.denominator or ())):
             assert TAX.by_code(code).countable, code
+
+
+def test_too_few_cells_promises_no_count_that_the_widening_prevents():
+    # 200 cells, 20% blasts and 15% promyelocytes counted in full: even past 300 cells nothing decides.
+    f = findings({"blast": 40, "promyelocyte": 30, "lymphocyte": 130})["acute_leukemia"]
+    assert f.status is Status.INDETERMINATE and "at least 300" in f.explanation
+    assert f.additional_cells_needed == 0 and f.no_count_decides
+
+
+def test_m7_waits_for_an_undecided_acute_leukaemia():
+    f = findings(others(400, megakaryoblast=60, blast=24), EVERYTHING)["amkl_pattern"]  # 21% blasts: straddles
+    assert f.status is Status.INDETERMINATE and "depends on acute_leukemia" in f.explanation

@@ -279,6 +279,11 @@ def _too_few(ctx: Context) -> str:
     return f"only {ctx.diff.total} countable cells counted; at least {ctx.minimum_count} are needed"
 
 
+def _after_minimum(more: int) -> str:
+    return (f"; about {more} more cells at these fractions would decide" if more else
+            f"; even then no count within {SEARCH_LIMIT:,} more cells would decide at these fractions")
+
+
 def _straddle(b: Bounds, thresholds: tuple[float, ...], basis: str) -> str:
     low, high = (100 * x for x in b.interval())
     plain_low, plain_high = (100 * x for x in b.plain_interval())
@@ -303,17 +308,19 @@ def evaluate_threshold(rule: Rule, ctx: Context, earlier: Mapping[str, Finding])
     partial = ""
     if rule.requires:
         prerequisite = earlier[rule.requires]
+        if prerequisite.status is Status.NEGATIVE:
+            return finding(Status.NEGATIVE, f"not applicable: {rule.requires} is negative")
         if prerequisite.status is not Status.POSITIVE:
-            return finding(Status.NEGATIVE if prerequisite.status is Status.NEGATIVE else Status.INDETERMINATE,
-                           f"not applicable: {rule.requires} is {prerequisite.status.value.replace('_', ' ')}")
+            return finding(Status.INDETERMINATE, f"depends on {rule.requires}, which is "
+                                                 f"{prerequisite.status.value.replace('_', ' ')}")
     threshold = rule.threshold_percent / 100.0
     v = verdict(bounds, threshold, rule.comparator, ctx.minimum_count)
     urgent = bool(rule.urgent_wording) and bounds.n > 0 and (v is Verdict.POSITIVE or rule.meets(bounds.percent))
     prefix = f"URGENT: {rule.urgent_wording}. " if urgent else ""
     if ctx.diff.total < ctx.minimum_count:
         more = cells_to_decide(bounds, threshold, rule.comparator, ctx.minimum_count)
-        return finding(Status.INDETERMINATE, prefix + _too_few(ctx) + partial,
-                       more or ctx.minimum_count - ctx.diff.total, urgent=urgent)
+        return finding(Status.INDETERMINATE, prefix + _too_few(ctx) + _after_minimum(more) + partial, more,
+                       urgent=urgent, undecidable=not more)
     if bounds.n == 0:
         return finding(Status.INDETERMINATE, "no cells in the rule's denominator" + partial)
     extra = ("; " + "; ".join(notes)) if notes else ""
@@ -345,9 +352,8 @@ def evaluate_tier(rule: Rule, ctx: Context) -> Finding:
     where = f"tier {tier.name} on the point estimate {bounds.percent:.1f}%"
     if ctx.diff.total < ctx.minimum_count or bounds.n == 0:
         more = cells_to_decide(bounds, tuple(b / 100 for b in boundaries), ">=", ctx.minimum_count)
-        return finding(Status.INDETERMINATE, f"{where}; " + _too_few(ctx) + partial,
-                       more or max(0, ctx.minimum_count - ctx.diff.total), threshold=tier.from_percent,
-                       tier=tier.name, source=tier.source)
+        return finding(Status.INDETERMINATE, f"{where}; " + _too_few(ctx) + _after_minimum(more) + partial, more,
+                       threshold=tier.from_percent, tier=tier.name, undecidable=not more, source=tier.source)
     spanned = tuple(b for b in boundaries if verdict(bounds, b / 100, ">=") is Verdict.INDETERMINATE)
     if spanned:
         more = cells_to_decide(bounds, tuple(b / 100 for b in boundaries), ">=", ctx.minimum_count)
