@@ -343,3 +343,19 @@ def test_too_few_cells_promises_no_count_that_the_widening_prevents():
 def test_m7_waits_for_an_undecided_acute_leukaemia():
     f = findings(others(400, megakaryoblast=60, blast=24), EVERYTHING)["amkl_pattern"]  # 21% blasts: straddles
     assert f.status is Status.INDETERMINATE and "depends on acute_leukemia" in f.explanation
+
+
+def test_apl_like_marrow_called_normal_promyelocytes_is_not_negative_and_is_urgent():
+    # 70% promyelocytes the classifier calls normal: the measured rate of "normal called
+    # abnormal" comes from another class mix, so neither AML nor APL may read negative.
+    result = findings(others(500, promyelocyte=350), TRAINED_LINEAGE, measured=MEASURED)
+    assert result["acute_myeloid_leukemia"].status is Status.INDETERMINATE
+    assert result["acute_leukemia"].status is Status.INDETERMINATE
+    apl = result["apl_pattern"]
+    assert apl.status is Status.INDETERMINATE and apl.urgent and "review the promyelocytes" in apl.explanation
+
+
+def test_blasts_of_unknown_lineage_keep_aml_not_excluded():
+    # 15% blasts the classifier cannot put in a lineage: AML is below 20% but not excluded.
+    f = findings(others(500, blast=75), TRAINED_LINEAGE, measured=MEASURED)["acute_myeloid_leukemia"]
+    assert f.status is Status.INDETERMINATE and "not excluded" in f.explanation

@@ -71,6 +71,14 @@ class Rule:
     unknown_lineage: tuple[str, ...] = ()
     not_excluded_from_percent: float | None = None
     not_excluded_wording: str = ""
+    # A share of these classes at or above guard_from_percent keeps the rule from being
+    # negative whatever the bounds say (70% promyelocytes is no normal marrow, even if the
+    # measured confusion calls a normal promyelocyte rarely abnormal: that rate was measured
+    # on another class mix).
+    guard_classes: tuple[str, ...] = ()
+    guard_from_percent: float | None = None
+    guard_wording: str = ""
+    guard_urgent: bool = False
     urgent_wording: str = ""
     tiers: tuple[Tier, ...] = ()
     cluster_min_cells: int = 3
@@ -171,6 +179,10 @@ def load_rules(path: Path | None = None) -> RuleSet:
             not_excluded_from_percent=(float(r["not_excluded_from_percent"]) if "not_excluded_from_percent" in r
                                        else None),
             not_excluded_wording=r.get("not_excluded_wording", ""), urgent_wording=r.get("urgent_wording", ""),
+            guard_classes=tuple(r.get("not_negative_when", {}).get("classes", ())),
+            guard_from_percent=(float(r["not_negative_when"]["from_percent"]) if "not_negative_when" in r else None),
+            guard_wording=r.get("not_negative_when", {}).get("wording", ""),
+            guard_urgent=bool(r.get("not_negative_when", {}).get("urgent", False)),
             tiers=tiers, cluster_min_cells=int(r.get("cluster_min_cells", 3)),
             review_wording=r.get("review_wording", ""),
         ))
@@ -315,11 +327,16 @@ def evaluate_threshold(rule: Rule, ctx: Context, earlier: Mapping[str, Finding])
                                                  f"{prerequisite.status.value.replace('_', ' ')}")
     threshold = rule.threshold_percent / 100.0
     v = verdict(bounds, threshold, rule.comparator, ctx.minimum_count)
-    urgent = bool(rule.urgent_wording) and bounds.n > 0 and (v is Verdict.POSITIVE or rule.meets(bounds.percent))
+    denominator = bounds.n or 1.0
+    guard_percent = 100.0 * sum(ctx.diff.counts.get(c, 0) for c in rule.guard_classes) / denominator
+    guarded = rule.guard_from_percent is not None and bounds.n > 0 and guard_percent >= rule.guard_from_percent
+    guard_text = f"; {'/'.join(rule.guard_classes)} {guard_percent:.1f}%: {rule.guard_wording}" if guarded else ""
+    urgent = bool(rule.urgent_wording) and bounds.n > 0 and (
+        v is Verdict.POSITIVE or rule.meets(bounds.percent) or (guarded and rule.guard_urgent))
     prefix = f"URGENT: {rule.urgent_wording}. " if urgent else ""
     if ctx.diff.total < ctx.minimum_count:
         more = cells_to_decide(bounds, threshold, rule.comparator, ctx.minimum_count)
-        return finding(Status.INDETERMINATE, prefix + _too_few(ctx) + _after_minimum(more) + partial, more,
+        return finding(Status.INDETERMINATE, prefix + _too_few(ctx) + _after_minimum(more) + guard_text, more,
                        urgent=urgent, undecidable=not more)
     if bounds.n == 0:
         return finding(Status.INDETERMINATE, "no cells in the rule's denominator" + partial)
@@ -329,15 +346,24 @@ def evaluate_threshold(rule: Rule, ctx: Context, earlier: Mapping[str, Finding])
                                                  f"{finding.high:.1f}%) {rule.comparator} {rule.threshold_percent:g}%"
                        + partial + extra, urgent=urgent)
     if v is Verdict.NEGATIVE:
-        if rule.not_excluded_from_percent is not None and bounds.percent >= rule.not_excluded_from_percent:
-            return finding(Status.INDETERMINATE, f"{bounds.percent:.1f}% (95% bounds {finding.low:.1f}-"
-                                                 f"{finding.high:.1f}%): {rule.not_excluded_wording}" + partial)
+        # Blasts of unknown lineage may be this rule's: they count towards "not excluded".
+        possible = bounds.k + sum(ctx.diff.counts.get(c, 0) for c in rule.unknown_lineage)
+        possible_percent = 100.0 * possible / bounds.n
+        if rule.not_excluded_from_percent is not None and possible_percent >= rule.not_excluded_from_percent:
+            of_which = f", {possible_percent:.1f}% with blasts of unknown lineage" if possible > bounds.k else ""
+            return finding(Status.INDETERMINATE, prefix + f"{bounds.percent:.1f}%{of_which} (95% bounds "
+                                                 f"{finding.low:.1f}-{finding.high:.1f}%): {rule.not_excluded_wording}"
+                                                 + guard_text, urgent=urgent)
+        if guarded:
+            return finding(Status.INDETERMINATE, prefix + f"{bounds.percent:.1f}% (upper 95% bound "
+                                                 f"{finding.high:.1f}%) below {rule.threshold_percent:g}%, but not "
+                                                 f"negative" + guard_text, urgent=urgent)
         return finding(Status.NEGATIVE, prefix + f"{bounds.percent:.1f}% (upper 95% bound {finding.high:.1f}%, "
                                                  f"{ctx.basis}) below {rule.threshold_percent:g}%" + partial + extra,
                        urgent=urgent)
     more = cells_to_decide(bounds, threshold, rule.comparator, ctx.minimum_count)
     return finding(Status.INDETERMINATE, prefix + _straddle(bounds, (rule.threshold_percent,), ctx.basis)
-                   + _more_text(more) + partial + extra, more, urgent=urgent, undecidable=not more)
+                   + _more_text(more) + guard_text + extra, more, urgent=urgent, undecidable=not more)
 
 
 def evaluate_tier(rule: Rule, ctx: Context) -> Finding:
