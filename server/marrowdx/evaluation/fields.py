@@ -1,5 +1,19 @@
 """`marrowdx eval fields`: the served detector on whole fields with boxes
-(YOLO txt or Pascal VOC xml), white cells, red cells and platelets at IoU 0.5."""
+(YOLO txt or Pascal VOC xml), white cells, red cells and platelets at IoU 0.5.
+
+Layouts a lab's own labelled fields come in:
+
+- Pascal VOC: ``ROOT/JPEGImages/*.jpg`` and ``ROOT/Annotations/*.xml`` (the
+  standard layout), or images and xml side by side in one folder;
+- YOLO: ``ROOT/images`` and ``ROOT/labels`` (or ``images/<split>`` with
+  ``labels/<split>``), or images and txt side by side; class ids 0 WBC, 1 RBC,
+  2 platelets (TXL-PBC's ``classes.txt``).
+
+VOC object names are matched in any case and in the usual spellings (WBC,
+leukocyte, neutrophil, lymphocyte, ... are white cells). A folder with no
+image, or a VOC folder with no annotation at all, is an error, not a report
+of zero images.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +29,21 @@ from marrowdx.evaluation.detection import CategoryTally
 
 # Dataset class names -> detector categories.
 YOLO_CLASSES = {0: "nucleated", 1: "red_cell", 2: "platelet"}  # TXL-PBC labels/classes.txt
-VOC_NAMES = {"wbc": "nucleated", "rbc": "red_cell", "platelets": "platelet", "platelet": "platelet"}
+VOC_NAMES = {"wbc": "nucleated", "rbc": "red_cell", "platelets": "platelet", "platelet": "platelet",
+             "white_blood_cell": "nucleated", "leukocyte": "nucleated", "leucocyte": "nucleated",
+             "red_blood_cell": "red_cell", "erythrocyte": "red_cell", "thrombocyte": "platelet", "plt": "platelet"}
+
+
+def voc_category(name: str) -> str | None:
+    """A VOC object name -> detector category: the names above, or any white-cell class
+    name the crop evaluation knows (a lab that boxed neutrophils and lymphocytes)."""
+    from marrowdx.evaluation.crops import normalised_name, white_cell_codes
+
+    key = normalised_name(name)
+    if key in VOC_NAMES:
+        return VOC_NAMES[key]
+    codes = white_cell_codes(key)
+    return "nucleated" if codes else None
 REPORT_NAMES = {"nucleated": "wbc", "red_cell": "rbc", "platelet": "platelets"}
 
 
@@ -33,10 +61,13 @@ def read_boxes(image_path: Path, label_root: Path, fmt: str) -> tuple[np.ndarray
                     boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
                     names.append(YOLO_CLASSES[int(parts[0])])
         return np.asarray(boxes, np.float32).reshape(-1, 4), names
-    tree = ET.parse(label_root / f"{image_path.stem}.xml")
+    xml = label_root / f"{image_path.stem}.xml"
     boxes, names = [], []
+    if not xml.exists():
+        return np.zeros((0, 4), np.float32), names
+    tree = ET.parse(xml)
     for obj in tree.findall("object"):
-        name = VOC_NAMES.get(obj.findtext("name", "").strip().lower())
+        name = voc_category(obj.findtext("name", ""))
         bb = obj.find("bndbox")
         if name and bb is not None:
             boxes.append([float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
@@ -45,7 +76,12 @@ def read_boxes(image_path: Path, label_root: Path, fmt: str) -> tuple[np.ndarray
 
 
 def locate(root: Path, fmt: str) -> tuple[Path, Path]:
-    """Accept a YOLO split folder layout (images/, labels/ beside each other) or a flat folder."""
+    """Accept the VOC layout (JPEGImages/, Annotations/), a YOLO split folder layout
+    (images/, labels/ beside each other) or a flat folder."""
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    if fmt == "voc" and (root / "JPEGImages").is_dir():
+        return root / "JPEGImages", root / "Annotations"
     if (root / "images").is_dir():
         labels = root / ("labels" if fmt == "yolo" else "annotations")
         return root / "images", labels if labels.is_dir() else root / "images"
@@ -57,6 +93,14 @@ def locate(root: Path, fmt: str) -> tuple[Path, Path]:
 def evaluate_fields(client: Client, root: Path, fmt: str, progress: bool = False) -> dict:
     image_dir, label_dir = locate(root, fmt)
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}; a {fmt.upper()} folder "
+                         + ("has JPEGImages/ and Annotations/" if fmt == "voc" else "has images/ and labels/"))
+    suffix = ".txt" if fmt == "yolo" else ".xml"
+    labelled = sum((label_dir / f"{p.stem}{suffix}").exists() for p in images)
+    if not labelled:
+        raise ValueError(f"none of the {len(images)} images in {image_dir} has a {suffix} label of the same "
+                         f"name in {label_dir}")
     # Recall and precision at the service's own score threshold (what a user gets).
     threshold = client.model_info().thresholds.detection_score
     tallies = {name: CategoryTally(score_threshold=threshold) for name in REPORT_NAMES}
@@ -72,7 +116,7 @@ def evaluate_fields(client: Client, root: Path, fmt: str, progress: bool = False
             truth = gt_boxes[[n == category for n in gt_names]]
             tally.add(pred, scores, truth)
         excluded_by_rule += sum(1 for c in response.cells if c.detector_category == "nucleated" and not c.countable)
-    result = {"n_images": len(images), "iou_threshold": 0.5, "format": fmt,
+    result = {"n_images": len(images), "n_unlabelled": len(images) - labelled, "iou_threshold": 0.5, "format": fmt,
               "nucleated_excluded_by_rules": excluded_by_rule}
     for category, tally in tallies.items():
         if tally.n_ground_truth:
