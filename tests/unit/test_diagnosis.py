@@ -134,6 +134,7 @@ def test_unspecified_specimen_is_not_assessed_not_guessed():
     result = findings(others(500, blast=200), specimen="unspecified")
     assert all(f.status is Status.NOT_ASSESSED and "specimen type was not given" in f.explanation
                for f in result.values())
+    assert "no rule was applied" in conclusion(tuple(result.values()), specimen="unspecified")
 
 
 def test_untrained_classes_are_not_assessed_not_zero():

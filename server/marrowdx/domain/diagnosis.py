@@ -444,7 +444,13 @@ def conclusion(findings: tuple[Finding, ...], not_assessed: Collection[str] = ()
     decide, and what it does not assess."""
     parts = [f.explanation.split(". ", 1)[0] + "." for f in findings if f.urgent]
     where = {MARROW: "bone marrow aspirate", BLOOD: "peripheral blood"}.get(specimen, "")
-    parts.append(f"Screen by morphology ({where} rules)." if where else "Screen by morphology.")
+    if where:
+        parts.append(f"Screen by morphology ({where} rules).")
+    elif specimen:
+        parts.append("Screen by morphology: the specimen type was not given (bone marrow aspirate or "
+                     "peripheral blood), so no rule was applied.")
+    else:
+        parts.append("Screen by morphology.")
     positive = [f.label + (f" [{f.tier}]" if f.tier else "") for f in findings if f.status is Status.POSITIVE]
     undecided = [f.code + (f" [{f.tier}]" if f.tier else "") for f in findings if f.status is Status.INDETERMINATE]
     unassessed = [f.code for f in findings if f.status is Status.NOT_ASSESSED]
