@@ -127,7 +127,12 @@ def test_blood_cases_get_blood_rules_and_denominator():
 def test_blood_tiers_differ_from_marrow_tiers():
     counts = others(1000, blast=30)  # 3%: not increased in marrow, 2-4% tier in blood
     assert findings(counts, measured=MEASURED, trained=TRAINED_LINEAGE)["blast_tier"].tier == "<5%"
-    assert findings(counts, specimen=BLOOD, measured=MEASURED, trained=TRAINED_LINEAGE)["blast_tier"].tier == "2-4%"
+    blood = findings(counts, specimen=BLOOD, measured=MEASURED, trained=TRAINED_LINEAGE)
+    assert blood["blast_tier"].tier == "2-4%"
+    # 3% blasts in blood is below 20% but not a negative for acute leukaemia (it is in marrow).
+    assert blood["acute_leukemia"].status is Status.INDETERMINATE and "marrow examination" in blood[
+        "acute_leukemia"].explanation
+    assert findings(counts, measured=MEASURED, trained=TRAINED_LINEAGE)["acute_leukemia"].status is Status.NEGATIVE
 
 
 def test_unspecified_specimen_is_not_assessed_not_guessed():
