@@ -5,9 +5,12 @@ when it runs as root)."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +36,12 @@ def storescu(port: int, files: list[Path], called: str = "MARROWDX", calling: st
     return run("storescu", "-v", "--no-halt", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files))
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, even by a crash, so no storescp is left."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class StoreSCP:
     """dcmtk's storescp as the archive: accepts any storage SOP class (promiscuous, for the
     bulk annotations its release may not know) and writes each object to ``out``."""
@@ -45,7 +54,7 @@ class StoreSCP:
     def __enter__(self) -> StoreSCP:
         self._process = subprocess.Popen(
             ["storescp", "-aet", self.ae_title, "--promiscuous", "+xa", "-od", str(self.out), str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
