@@ -66,9 +66,9 @@ def test_images_in_results_out_with_the_right_counts(stack, tmp_path):
     files = _write(tmp_path / "scanner", images)
 
     with StoreSCP(tmp_path / "archive") as archive:
-        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
-                              idle_s=2.0,
-                              poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=2.0,
+                              specimen="bone_marrow_aspirate", poll_s=0.2,
+                              destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
             assert echo("127.0.0.1", bridge.port, "MARROWDX") == 0
             assert send_files(files, "127.0.0.1", bridge.port, "MARROWDX") == [0, 0, 0, 0]
@@ -123,9 +123,9 @@ def test_malformed_objects_are_refused_and_kept_and_the_case_goes_on(stack, tmp_
     broken.PixelData = broken.PixelData[:1000]  # truncated pixel data
     files = _write(tmp_path / "scanner", [good, no_pixels, broken])
     with StoreSCP(tmp_path / "archive") as archive:
-        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
-                              idle_s=1.0,
-                              poll_s=0.2, destination=Destination("127.0.0.1", archive.port, archive.ae_title))
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=1.0,
+                              specimen="bone_marrow_aspirate", poll_s=0.2,
+                              destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
             statuses = send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
             assert statuses[0] == 0 and statuses[1] != 0 and statuses[2] != 0
@@ -142,9 +142,9 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(stack, tmp_path
     from marrowdx.inference.launcher import free_port
 
     archive.port = free_port()  # nobody listens there yet
-    config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, specimen="bone_marrow_aspirate",
-                              idle_s=0.5,
-                          poll_s=0.2, retry_s=0.5, destination=Destination("127.0.0.1", archive.port, "ARCHIVE"))
+    config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=0.5,
+                          specimen="bone_marrow_aspirate", poll_s=0.2, retry_s=0.5,
+                          destination=Destination("127.0.0.1", archive.port, "ARCHIVE"))
     with PacsBridge(config) as bridge:
         send_files(files, "127.0.0.1", bridge.port, "MARROWDX")
         _wait(lambda: bridge.spool.unsent())
