@@ -36,7 +36,10 @@ class CertificateAuthority:
                      .sign(self.key, hashes.SHA256()))
         self.cert_path, _ = _write(folder, name.replace(" ", "-"), self.cert, self.key)
 
-    def issue(self, cn: str, server: bool = False) -> tuple[Path, Path]:
+    def issue(self, cn: str, server: bool = False, dns: tuple[str, ...] = (), uris: tuple[str, ...] = (),
+              stem: str = "") -> tuple[Path, Path]:
+        """A certificate for ``cn``; ``dns``/``uris``: subject alternative names of a client certificate
+        (a server one always gets localhost and 127.0.0.1); ``stem``: file name when ``cn`` repeats."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
@@ -47,4 +50,7 @@ class CertificateAuthority:
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return _write(self.folder, cn, builder.sign(self.key, hashes.SHA256()), key)
+        elif dns or uris:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [*map(x509.DNSName, dns), *map(x509.UniformResourceIdentifier, uris)]), critical=False)
+        return _write(self.folder, stem or cn, builder.sign(self.key, hashes.SHA256()), key)

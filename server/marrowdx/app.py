@@ -5,29 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import prometheus_client
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
-from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
 from marrowdx.api.auth import Authenticator
 from marrowdx.api.servicer import DiagnosisServicer
+from marrowdx.api.wire import AuditOpenMethods, add_service, enable_reflection
 from marrowdx.domain.cells import Thresholds
-from marrowdx.domain.diagnosis import default_rules
+from marrowdx.domain.diagnosis import RuleSet, default_rules
 from marrowdx.domain.report import ModelVersions
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.decode import Limits
 from marrowdx.inference.launcher import ManagedTriton, start_triton
-from marrowdx.inference.triton import ModelError, TritonModels
+from marrowdx.inference.triton import ModelError, TritonModels, TritonTLS
 from marrowdx.pipeline import Pipeline
 from marrowdx.security.access import ClientRegistry
-from marrowdx.security.policy import exposure_problems
+from marrowdx.security.policy import LOOPBACK_HOSTS, exposure_problems
 from marrowdx.service import MarrowService
 from marrowdx.settings import Settings
 from marrowdx.store.audit import AuditLog
@@ -46,13 +46,40 @@ class Runtime:
     audit: AuditLog
     triton: ManagedTriton | None
     detector_categories: tuple[str, ...]
+    # Set at shutdown: a watchdog restart still starting Triton stops, and stops what it started.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    restart: asyncio.Future | None = None  # the watchdog's restart in progress
 
     async def close(self) -> None:
+        self.stopping.set()
         await self.models.close()
+        await stop_restart(self)
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
         self.store.close()
         self.audit.close()
+
+
+async def stop_restart(runtime: Runtime) -> None:
+    """Wait for a watchdog restart cut short by shutdown, and stop the server it started: its
+    thread runs on after the watchdog is cancelled, and what it returns was never assigned."""
+    restart, runtime.restart = runtime.restart, None
+    if restart is None:
+        return
+    try:
+        started = await restart
+    except Exception:
+        return  # it saw ``stopping`` and stopped its own server
+    if started is not runtime.triton:
+        await asyncio.to_thread(started.stop)
+
+
+def service_thresholds(settings: Settings, rules: RuleSet) -> Thresholds:
+    """The thresholds the service applies and GetModelInfo advertises. Counts come from the rule
+    set (a case's default target is the rule set's, as its reports say), the rest from settings."""
+    return Thresholds(detection_score=settings.detection_score, reject_probability=settings.reject_probability,
+                      overlap_iou=settings.overlap_iou, duplicate_iou=settings.duplicate_iou,
+                      minimum_count=rules.minimum_count, target_count=rules.default_target_count)
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -60,10 +87,17 @@ async def start_runtime(settings: Settings) -> Runtime:
     rules = default_rules()
     triton = None
     url = settings.triton_url
+    tls = None
+    if settings.triton_tls_on:
+        if not url:
+            raise ValueError("TLS to Triton (triton_tls, triton_ca, triton_cert, triton_key) is for an external "
+                             "triton_url; the bundled tritonserver listens on loopback only")
+        tls = TritonTLS(settings.triton_ca, settings.triton_cert, settings.triton_key)
+        tls.client_options()  # fail now on unreadable files, not at the first call
     if not url:
         triton = await asyncio.to_thread(start_triton, settings.model_repository, settings.state_dir)
         url = triton.url
-    models = TritonModels(url, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight)
+    models = TritonModels(url, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight, tls)
     try:
         await models.load_contract(taxonomy.version, taxonomy.codes, taxonomy.detector_categories)
     except BaseException:
@@ -73,10 +107,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         raise
     params_c, params_d = models.classifier.parameters, models.detector.parameters
     trained = frozenset(c for c in params_c.get("trained_classes", "").split(",") if c)
-    thresholds = Thresholds(detection_score=settings.detection_score, reject_probability=settings.reject_probability,
-                            overlap_iou=settings.overlap_iou, duplicate_iou=settings.duplicate_iou,
-                            minimum_count=rules.minimum_count,
-                            target_count=settings.target_count)
+    thresholds = service_thresholds(settings, rules)
     pipeline = Pipeline(models, taxonomy, thresholds,
                         Limits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side),
                         detector_input=int(params_d["input_size"]), crop_size=int(params_c["crop_size"]),
@@ -87,7 +118,8 @@ async def start_runtime(settings: Settings) -> Runtime:
 
     store = ReportStore(settings.database_path)
     audit = AuditLog(settings.audit_path)
-    service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds)
+    service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds,
+                            field_concurrency=settings.field_concurrency)
     log.info("runtime.ready", triton=url, managed=triton is not None, detector=models.detector.version,
              classifier=models.classifier.version)
     return Runtime(settings, models, service, store, audit, triton, taxonomy.detector_categories)
@@ -124,10 +156,18 @@ async def _health_step(runtime: Runtime, health_servicer: health.aio.HealthServi
         if ready:  # the port still answered a moment ago: say NOT_SERVING before the restart
             await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
             ready = False
+        # The restart is kept on the runtime and shielded: if shutdown cancels this watchdog
+        # meanwhile, Runtime.close still gets hold of the new server and stops it.
+        runtime.restart = asyncio.ensure_future(asyncio.to_thread(
+            start_triton, runtime.settings.model_repository, runtime.settings.state_dir, runtime.triton.grpc_port,
+            cancel=runtime.stopping))
         try:
-            runtime.triton = await asyncio.to_thread(start_triton, runtime.settings.model_repository,
-                                                     runtime.settings.state_dir, runtime.triton.grpc_port)
+            runtime.triton = await asyncio.shield(runtime.restart)
+            runtime.restart = None
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
+            runtime.restart = None
             log.error("triton.restart_failed", error=str(exc))
     return ready
 
@@ -156,6 +196,10 @@ def load_registry(settings: Settings) -> ClientRegistry | None:
 def check_exposure(settings: Settings, tls: bool, registry: bool) -> None:
     """Refuse an unsafe non-loopback bind unless the operator said so; warn loudly either way."""
     problems = exposure_problems(settings.host, tls, registry)
+    if not registry and settings.host not in LOOPBACK_HOSTS:
+        # Not even allow_insecure opens a non-loopback port to anonymous callers with every role.
+        raise ValueError(f"refusing to serve: {settings.host} is not loopback and no client registry is set "
+                         "(clients_file); allow_insecure allows plaintext, never anonymous callers")
     if problems and not settings.allow_insecure:
         raise ValueError("refusing to serve: " + "; ".join(problems) + " (or set allow_insecure)")
     for problem in problems:
@@ -170,21 +214,39 @@ def create_server(settings: Settings, runtime: Runtime) -> tuple[grpc.aio.Server
     credentials = server_credentials(settings)
     registry = load_registry(settings)
     limit = settings.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+    server = grpc.aio.server(interceptors=[AuditOpenMethods(runtime.audit)],
+                             options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    pb_grpc.add_DiagnosisServiceServicer_to_server(
-        DiagnosisServicer(runtime.service, settings, runtime.detector_categories, Authenticator(registry),
-                          runtime.audit), server)
+    # With no registry only a loopback listener is open (to the local client); elsewhere nobody is.
+    auth = Authenticator(registry, open_local=settings.host in LOOPBACK_HOSTS)
+    add_service(DiagnosisServicer(runtime.service, settings, runtime.detector_categories, auth, runtime.audit),
+                server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     log.info("server.security", tls=credentials is not None, mutual_tls=bool(settings.tls_client_ca),
-             clients=len({*registry.by_token_digest.values(), *registry.by_certificate_cn.values()}) if registry else 0)
+             clients=len({*registry.by_token_digest.values(), *registry.by_certificate_cn.values(),
+                          *registry.by_certificate_san.values(), *registry.by_pin.values()}) if registry else 0)
     return server, port, health_servicer
+
+
+def start_metrics(settings: Settings):
+    """Prometheus /metrics on ``metrics_host:metrics_port`` (None when the port is 0). Loopback by
+    default: scrape through a sidecar or reverse proxy; another host only where the network is
+    trusted (the metrics name no patient, but show load and error rates)."""
+    if not settings.metrics_port:
+        return None
+    try:
+        server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as exc:
+        raise ValueError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from None
+    if settings.metrics_host not in LOOPBACK_HOSTS:
+        log.warning("security.metrics_exposed", host=settings.metrics_host, port=settings.metrics_port)
+    return server
 
 
 @contextlib.asynccontextmanager
@@ -193,9 +255,7 @@ async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, in
     # Fail on bad security settings before the minutes of starting Triton.
     check_exposure(settings, server_credentials(settings) is not None, load_registry(settings) is not None)
     runtime = await start_runtime(settings)
-    if settings.metrics_port:
-        # Loopback only: scrape through a sidecar or reverse proxy, never expose it directly.
-        prometheus_client.start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics = start_metrics(settings)
     server, port, health_servicer = create_server(settings, runtime)
     await server.start()
     watcher = asyncio.create_task(watch_health(runtime, health_servicer))
@@ -209,6 +269,9 @@ async def running_service(settings: Settings) -> AsyncIterator[tuple[Runtime, in
         await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.grace_seconds)
         await runtime.close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         log.info("server.stopped")
 
 

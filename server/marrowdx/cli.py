@@ -30,10 +30,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None), port=getattr(args, "port", None),
         triton_url=getattr(args, "triton_url", None), model_repository=getattr(args, "model_repository", None),
         state_dir=getattr(args, "state_dir", None), database=getattr(args, "database", None),
-        metrics_port=getattr(args, "metrics_port", None),
+        metrics_port=getattr(args, "metrics_port", None), metrics_host=getattr(args, "metrics_host", None),
         tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
         tls_client_ca=getattr(args, "tls_client_ca", None), clients_file=getattr(args, "clients_file", None),
         allow_insecure=getattr(args, "allow_insecure", None) or None,
+        triton_tls=getattr(args, "triton_tls", None) or None, triton_ca=getattr(args, "triton_ca", None),
+        triton_cert=getattr(args, "triton_cert", None), triton_key=getattr(args, "triton_key", None),
     )
 
 
@@ -260,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--server", help="HOST:PORT of a running service (default: start the embedded stack)")
             add_client_security_flags(p)
         p.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (default: start the bundled tritonserver)")
+        p.add_argument("--triton-tls", action="store_true", help="TLS to the external Triton (system CA roots)")
+        p.add_argument("--triton-ca", type=Path, help="CA of the external Triton's certificate (turns TLS on)")
+        p.add_argument("--triton-cert", type=Path, help="client certificate for mutual TLS to the external Triton")
+        p.add_argument("--triton-key", type=Path, help="its key")
         p.add_argument("--model-repository", type=Path)
         p.add_argument("--state-dir", type=Path, help="Triton backend folder, logs and the default database")
         p.add_argument("--database", type=Path, help="SQLite file for reports")
@@ -267,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run Triton and the gRPC front service")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on METRICS_HOST:PORT")
+    p.add_argument("--metrics-host", help="address of the metrics listener (default 127.0.0.1)")
     p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")

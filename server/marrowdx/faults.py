@@ -106,7 +106,8 @@ class FaultRun:
     # -- load -----------------------------------------------------------------------------------------
     def _case(self, worker: int, n: int) -> tuple[pb.CaseInfo, list[pb.Image]]:
         start = (worker * 7 + n * self.crops_per_case) % (len(self.crops) - self.crops_per_case)
-        info = pb.CaseInfo(case_id=f"fault-{worker}-{n}", request_id=uuid.uuid4().hex)
+        info = pb.CaseInfo(case_id=f"fault-{worker}-{n}", request_id=uuid.uuid4().hex,
+                           specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE)
         return info, self.crops[start:start + self.crops_per_case]
 
     def _worker(self, worker: int) -> None:

@@ -99,10 +99,12 @@ class _Caller:
             response = await self.stub.ClassifyCells(pb.ClassifyCellsRequest(crops=self._next(c.crops_per_request)),
                                                       timeout=c.timeout_s, metadata=c.security.metadata)
             return len(response.cells), len(response.cells)
-        images = self._next(c.fields_per_case)
+        # A case holds each image once (the service refuses repeats), so at most one of each.
+        images = self._next(min(c.fields_per_case, len(c.images)))
 
         async def requests():
-            yield pb.DiagnoseCaseStreamRequest(start=pb.CaseInfo(case_id="loadgen"))
+            start = pb.CaseInfo(case_id="loadgen", specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE)
+            yield pb.DiagnoseCaseStreamRequest(start=start)
             for image in images:
                 yield pb.DiagnoseCaseStreamRequest(field=image)
             yield pb.DiagnoseCaseStreamRequest(finish=pb.Finish())

@@ -55,6 +55,8 @@ class FieldResult:
     width: int
     height: int
     times: StepTimes = field(default_factory=StepTimes)
+    # The detector filled every output slot: the field may hold more cells than were found.
+    saturated: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Pipeline:
         det = await self.models.detect(framed[None])
         times.detect_ms = _ms(t)
 
+        saturated = bool(getattr(det, "saturated", None) and det.saturated(0))
         keep = kept_detections(det.boxes[0], det.scores[0], self.thresholds)
         boxes = frame.to_original(det.boxes[0][keep])
         scores = det.scores[0][keep]
@@ -118,7 +121,7 @@ class Pipeline:
             else:
                 code, exclusion, ranked = "", exclusions[i], ()
             calls.append(CellCall(source_index, image.image_id, box, float(scores[i]), name, exclusion, code, ranked))
-        return FieldResult(calls, rgb.width, rgb.height, times)
+        return FieldResult(calls, rgb.width, rgb.height, times, saturated)
 
     async def classify_crops(self, images: list[ImageInput], first_index: int, top_k: int) -> tuple[list[CellCall], StepTimes]:
         times = StepTimes()

@@ -7,12 +7,14 @@ the pipeline, the domain rules and the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -84,6 +86,61 @@ class CaseSession:
     seen: dict[bytes, str] = field(default_factory=dict)  # image digest -> the field it first came in
     streamed: bool = False
     previous: StoredReport | None = None  # this request id's stored report (a stream compares as it goes)
+    saturated: list[int] = field(default_factory=list)  # fields (by index) that filled every detector slot
+
+
+class FairSlots:
+    """At most ``slots`` field analyses at once, shared fairly between cases: waiters queue per
+    case and a freed slot goes to the next case in turn (round robin), so a 2,000-field case
+    takes one turn per round instead of queueing ahead of everyone (a FIFO semaphore would)."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._queues: OrderedDict[object, deque[asyncio.Future]] = OrderedDict()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def acquire(self, key: object) -> None:
+        if self.free > 0 and not self._queues:
+            self.free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, deque()).append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted just as it was cancelled: pass the slot on
+            else:
+                queue = self._queues.get(key)
+                if queue is not None and granted in queue:
+                    queue.remove(granted)
+                    if not queue:
+                        del self._queues[key]
+            raise
+
+    def release(self) -> None:
+        while self._queues:
+            key, queue = next(iter(self._queues.items()))
+            granted = queue.popleft()
+            if queue:
+                self._queues.move_to_end(key)  # its next field waits for every other case's turn
+            else:
+                del self._queues[key]
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free += 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: object) -> AsyncIterator[None]:
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class MarrowService:
@@ -97,10 +154,12 @@ class MarrowService:
         self.trained_classes = trained_classes
         self.versions = versions
         self.thresholds = thresholds
-        self._field_slots = asyncio.Semaphore(field_concurrency)
+        self.field_slots = FairSlots(field_concurrency)
 
     async def analyze_field(self, image: ImageInput, top_k: int) -> FieldResult:
-        return await self.pipeline.analyze_field(image, 0, top_k)
+        """One field on its own: a case of one, taking its turn with the cases' fields."""
+        async with self.field_slots.slot(object()):
+            return await self.pipeline.analyze_field(image, 0, top_k)
 
     async def classify_cells(self, images: Sequence[ImageInput], top_k: int) -> list[CellCall]:
         calls, _ = await self.pipeline.classify_crops(list(images), 0, top_k)
@@ -129,13 +188,15 @@ class MarrowService:
         session.tally.images_received += len(images)
 
         async def one(offset: int, image: ImageInput) -> FieldResult:
-            async with self._field_slots:
+            async with self.field_slots.slot(id(session)):
                 return await self.pipeline.analyze_field(image, first + offset, top_k)
 
         results = await asyncio.gather(*(one(i, im) for i, im in enumerate(images)))
-        for result in results:
+        for offset, result in enumerate(results):
             session.tally.add(result.calls)
             session.times.add(result.times)
+            if result.saturated:
+                session.saturated.append(first + offset)
 
     async def add_crops(self, session: CaseSession, images: Sequence[ImageInput], top_k: int) -> None:
         first = session.tally.images_received
@@ -161,6 +222,16 @@ class MarrowService:
         if not session.fingerprint.matches(stored, streamed=False):
             raise RequestConflict(session.info.request_id)
         return stored
+
+    @staticmethod
+    def notes(session: CaseSession) -> list[str]:
+        """What the reviewer must complete beyond the rules' own list: fields whose detector
+        output was full (its cells past the last slot were never seen, so not counted)."""
+        if not session.saturated:
+            return []
+        shown = ", ".join(f"fields[{i}]" for i in session.saturated[:10]) + (" ..." if len(session.saturated) > 10 else "")
+        return [f"detector_saturated: {len(session.saturated)} field(s) filled every detector output slot; cells "
+                f"beyond them were not counted ({shown}): send smaller or less crowded fields"]
 
     def report(self, session: CaseSession) -> CaseReport:
         t = time.perf_counter()

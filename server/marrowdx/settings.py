@@ -23,7 +23,13 @@ class Settings:
     max_message_mb: int = 64
     max_in_flight: int = 64
     grace_seconds: float = 10.0
-    metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1; 0 = off
+    # A case stream that sends nothing for this long is ended (DEADLINE_EXCEEDED), so a stalled
+    # client does not hold an in-flight slot for the stream's life.
+    stream_idle_timeout_s: float = 60.0
+    # Fields analysed at once across all cases, shared round robin between cases (service.FairSlots).
+    field_concurrency: int = 4
+    metrics_port: int = 0  # Prometheus /metrics; 0 = off
+    metrics_host: str = "127.0.0.1"  # loopback by default (scrape through a sidecar or proxy)
     # transport security and access (see docs/security.md)
     tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key turns TLS on
     tls_key: Path | None = None
@@ -40,7 +46,14 @@ class Settings:
     triton_url: str = ""  # empty: start the bundled tritonserver
     model_repository: Path = field(default_factory=_default_repository)
     state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var")
+    # The most one model call may take; a caller's deadline, when nearer, shortens it (inference/triton.py).
     triton_timeout_s: float = 30.0
+    # TLS to an external Triton (triton_url): on with triton_tls, or by giving triton_ca or a client
+    # certificate; triton_ca None trusts the system's roots; triton_cert/key for mutual TLS.
+    triton_tls: bool = False
+    triton_ca: Path | None = None
+    triton_cert: Path | None = None
+    triton_key: Path | None = None
     # Crops per classifier request and requests in flight per field or case: small requests
     # keep each call far inside triton_timeout_s (a crop costs tens of ms on CPU) and let
     # the model instances share a case.
@@ -51,7 +64,7 @@ class Settings:
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
     duplicate_iou: float = 0.5
-    target_count: int = 500
+    # (No target_count: a case's default target is the rule set's default_target_count.)
     top_k: int = 3
     # storage
     database: Path | None = None  # default: state_dir / reports.sqlite3
@@ -59,9 +72,15 @@ class Settings:
     log_json: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("classify_batch", "classify_in_flight", "max_in_flight"):
+        for name in ("classify_batch", "classify_in_flight", "max_in_flight", "field_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.stream_idle_timeout_s <= 0:
+            raise ValueError(f"stream_idle_timeout_s must be positive, not {self.stream_idle_timeout_s}")
+
+    @property
+    def triton_tls_on(self) -> bool:
+        return bool(self.triton_tls or self.triton_ca or self.triton_cert or self.triton_key)
 
     @property
     def database_path(self) -> Path:

@@ -25,6 +25,7 @@ from marrowdx.evaluation.splits import split_of
 
 pytestmark = pytest.mark.integration
 OTHERS = ("LYT", "NGS", "MON", "EOS", "PMO")
+MARROW = pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE
 
 
 def test_crops(root, folder, n, skip=0):
@@ -49,14 +50,14 @@ def acute(report):
 
 
 def test_110_blasts_among_330_cells_is_positive_with_its_interval(client, shared_data):
-    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex), crops=build_case(shared_data / "matek_bm", 110, 330))
+    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex, specimen_type=MARROW), crops=build_case(shared_data / "matek_bm", 110, 330))
     finding = acute(report)
     assert finding.status == pb.FINDING_STATUS_POSITIVE, finding.explanation
     assert finding.ci_low_percent >= 20.0 and finding.ci_low_percent < finding.measured_percent < finding.ci_high_percent
 
 
 def test_borderline_blast_fraction_is_indeterminate_and_says_how_many_more(client, shared_data):
-    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex), crops=build_case(shared_data / "matek_bm", 84, 400))
+    report = client.diagnose(pb.CaseInfo(case_id=uuid.uuid4().hex, specimen_type=MARROW), crops=build_case(shared_data / "matek_bm", 84, 400))
     finding = acute(report)
     assert report.cells_counted >= 300
     assert finding.status == pb.FINDING_STATUS_INDETERMINATE, finding.explanation

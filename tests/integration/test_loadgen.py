@@ -34,3 +34,13 @@ def test_open_loop_keeps_the_schedule_and_counts_errors(stack):
 def test_a_load_test_must_stop_by_itself():
     with pytest.raises(ValueError, match="stop by itself"):
         asyncio.run(run_load(LoadConfig("127.0.0.1:1", "analyze", [b"x"], duration_s=0, requests=0)))
+
+
+def test_streamed_cases_carry_each_image_once_and_a_specimen_type(stack):
+    """More fields per case than images: the case still holds each image once (the service refuses
+    repeats), and every case names its specimen (the service refuses one that does not)."""
+    images = load_images(sorted((SAMPLES / "fields" / "images").glob("*.jpg"))[:2])
+    result = asyncio.run(run_load(LoadConfig(stack.address, "stream", images, concurrency=1, duration_s=0,
+                                             requests=2, fields_per_case=5, progress=False)))
+    summary = result.summary()
+    assert (summary["sent"], summary["ok"], summary["errors"]) == (2, 2, {})

@@ -4,6 +4,7 @@ and the gRPC front service, both on loopback."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def crops(n: int, start: int = 0) -> list[pb.Image]:
 
 
 def case(**kw) -> pb.CaseInfo:
+    kw.setdefault("specimen_type", pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE)
     return pb.CaseInfo(case_id=kw.pop("case_id", f"case-{uuid.uuid4().hex[:8]}"), **kw)
 
 
@@ -156,6 +158,7 @@ def test_demo_case_from_real_crops_is_positive_for_acute_leukemia(client):
     (lambda r: r.crops.add(data=b""), "crops[0].data"),
     (lambda r: r.case_info.ClearField("case_id"), "case_info.case_id"),
     (lambda r: setattr(r.case_info, "target_count", 10), "case_info.target_count"),
+    (lambda r: r.case_info.ClearField("specimen_type"), "case_info.specimen_type"),
 ])
 def test_bad_case_requests_are_invalid_argument_naming_the_field(client, mutate, field):
     request = pb.DiagnoseCaseRequest(case_info=case())
@@ -188,6 +191,18 @@ def test_unknown_report_is_not_found(client):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_case_without_a_specimen_type_is_refused_not_read_as_marrow(client):
+    info = case()
+    info.ClearField("specimen_type")
+    with pytest.raises(grpc.RpcError) as err:
+        client.diagnose(info, crops=crops(2))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "specimen_type is required: bone marrow aspirate or peripheral blood" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # the stream's `start` too
+        list(client.diagnose_stream(info, crops(2), as_crops=True))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_request_field(err.value) == "start.specimen_type"
+
+
 def test_stream_must_start_with_start(client):
     def requests():
         yield pb.DiagnoseCaseStreamRequest(crop=crops(1)[0])
@@ -215,3 +230,45 @@ def test_an_oversize_message_is_refused_and_the_service_keeps_serving(stack, cha
         pb_grpc.DiagnosisServiceStub(channel).AnalyzeField(too_big, timeout=60)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.model_info().models.classifier
+
+
+def test_bytes_that_are_not_a_message_are_invalid_argument(channel, client):
+    garbage = b"\xff\xff\xff\xff\x0f"  # a truncated varint: no protobuf parser accepts it
+    unary = channel.unary_unary("/marrowdx.v1.DiagnosisService/AnalyzeField")
+    with pytest.raises(grpc.RpcError) as err:
+        unary(garbage, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "marrowdx.v1.AnalyzeFieldRequest" in err.value.details() and bad_request_field(err.value) == "request"
+    stream = channel.stream_stream("/marrowdx.v1.DiagnosisService/DiagnoseCaseStream")
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream(iter([garbage]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.model_info().models.classifier  # and it keeps serving
+
+
+@pytest.mark.parametrize("version", ["v1alpha", "v1"])
+def test_reflection_v1_and_v1alpha_list_the_services(channel, version):
+    # The two protocols are the same messages on the wire; only the service name differs.
+    call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                 request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    answer = next(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"marrowdx.v1.DiagnosisService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_health_and_reflection_calls_are_audited(stack, channel):
+    rid = uuid.uuid4().hex
+    health = health_pb2_grpc.HealthStub(channel)
+    health.Check(health_pb2.HealthCheckRequest(), metadata=(("x-request-id", rid),), timeout=5)
+    with pytest.raises(grpc.RpcError):
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), metadata=(("x-request-id", rid),),
+                     timeout=5)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                   metadata=(("x-request-id", rid),), timeout=5))
+    time.sleep(0.5)  # the rows are written as each call ends, on the audit thread
+    rows = [(e.method, e.outcome) for e in stack.runtime.audit.recent(500) if e.request_id == rid]
+    assert sorted(rows) == [("grpc.health.v1.Health/Check", "NOT_FOUND"), ("grpc.health.v1.Health/Check", "OK"),
+                            ("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "OK")]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx.client import Client, image_message
@@ -35,10 +37,16 @@ def secure(tmp_path_factory):
                                   ("lis-b", "org-b", ["submit", "read"]), ("ops", "marrowdx", ["admin"])):
         tokens[client_id], digest = new_token()
         entries.append({"id": client_id, "org": org, "roles": roles, "token_sha256": digest})
-    entries.append({"id": "pacs-a", "org": "org-a", "roles": ["submit"], "certificate_cn": "pacs-a"})
+    certs = {cn: ca.issue(cn) for cn in ("unregistered", "token-carrier")}
+    # pacs-a: named by a subject alternative name and pinned; a second certificate from the same CA
+    # with the same names (an impostor, or a renewal not yet pinned) must not pass for it.
+    certs["pacs-a"] = ca.issue("pacs-a", dns=("pacs-a.org-a.example",))
+    certs["pacs-a-unpinned"] = ca.issue("pacs-a", dns=("pacs-a.org-a.example",), stem="pacs-a-unpinned")
+    pin = x509.load_pem_x509_certificate(certs["pacs-a"][0].read_bytes()).fingerprint(hashes.SHA256()).hex()
+    entries.append({"id": "pacs-a", "org": "org-a", "roles": ["submit"], "certificate_san": "pacs-a.org-a.example",
+                    "certificate_sha256": pin})
     clients_file = folder / "clients.json"
     clients_file.write_text(json.dumps({"clients": entries}))
-    certs = {cn: ca.issue(cn) for cn in ("pacs-a", "unregistered", "token-carrier")}
     state = tmp_path_factory.mktemp("secure-stack")
     settings = Settings.from_env(os.environ, state_dir=state, database=state / "reports.sqlite3", tls_cert=server_cert, tls_key=server_key, tls_client_ca=ca.cert_path,
                               clients_file=clients_file)
@@ -55,7 +63,7 @@ def secure(tmp_path_factory):
 
 def _case(tag: str) -> pb.CaseInfo:
     return pb.CaseInfo(case_id=f"PATIENT-{tag}-{uuid.uuid4().hex[:6]}", accession_id=f"ACC-{uuid.uuid4().hex[:8]}",
-                       request_id=uuid.uuid4().hex)
+                       request_id=uuid.uuid4().hex, specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE)
 
 
 def test_a_connection_without_a_client_certificate_is_refused(secure):
@@ -83,6 +91,19 @@ def test_unknown_token_and_unregistered_certificate_are_unauthenticated(secure):
         client.model_info()
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "not registered" in info.value.details()
+
+
+def test_a_certificate_is_identified_by_san_and_pin_and_must_agree_with_the_token(secure):
+    _, connect, *_ = secure
+    with connect(cert="pacs-a") as pacs:
+        assert pacs.model_info().models.classifier  # SAN + pinned digest: pacs-a
+    with connect(cert="pacs-a-unpinned") as impostor, pytest.raises(grpc.RpcError) as info:
+        impostor.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "pinned" in info.value.details()
+    # lis-a's token over pacs-a's certificate: two identities, neither is taken.
+    with connect("lis-a", cert="pacs-a") as mixed, pytest.raises(grpc.RpcError) as info:
+        mixed.model_info()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "different clients" in info.value.details()
 
 
 def test_roles_are_enforced(secure):

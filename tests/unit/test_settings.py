@@ -36,3 +36,36 @@ def test_request_sizes_and_limits_must_be_positive():
     with pytest.raises(ValueError, match="max_in_flight"):
         Settings(max_in_flight=0)
     assert Settings.from_env({"MARROWDX_CLASSIFY_IN_FLIGHT": "3"}).classify_in_flight == 3
+
+
+def test_the_advertised_target_count_is_the_rule_sets_default_that_reports_use():
+    """GetModelInfo advertised a target_count setting that no case used (the rule set's wins)."""
+    import dataclasses
+
+    from marrowdx.app import service_thresholds
+    from marrowdx.domain.diagnosis import default_rules
+
+    rules = dataclasses.replace(default_rules(), default_target_count=321, minimum_count=200)
+    thresholds = service_thresholds(Settings(), rules)
+    assert (thresholds.target_count, thresholds.minimum_count) == (321, 200)
+    assert "target_count" not in {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_the_metrics_listener_binds_the_configured_host():
+    import urllib.request
+
+    from marrowdx.app import start_metrics
+    from marrowdx.inference.launcher import free_port
+
+    assert Settings().metrics_host == "127.0.0.1" and start_metrics(Settings()) is None  # off unless a port is set
+    port = free_port()
+    server = start_metrics(Settings(metrics_port=port, metrics_host="127.0.0.1"))
+    try:
+        assert b"marrowdx_rpcs" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # An address this machine does not have (RFC 5737 documentation range: the bind fails at once,
+    # nothing is contacted) is refused by name: the setting is what the listener binds.
+    with pytest.raises(ValueError, match="192.0.2.1"):
+        start_metrics(Settings(metrics_port=free_port(), metrics_host="192.0.2.1"))

@@ -31,6 +31,14 @@ class NotFound(LookupError):
     pass
 
 
+class StreamIdle(TimeoutError):
+    """A case stream sent nothing for longer than the idle timeout (DEADLINE_EXCEEDED)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the stream sent no message for {seconds:g} s and was closed to free its slot; "
+                         "resend the case (with the same request_id)")
+
+
 class Overloaded(RuntimeError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__("server is at its in-flight limit; retry later")
@@ -64,6 +72,8 @@ def to_status(exc: BaseException) -> grpc.Status:
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(exc.retry_after_s),
                                                                               nanos=int((exc.retry_after_s % 1) * 1e9)))
         return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), retry)
+    if isinstance(exc, StreamIdle):
+        return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, ModelTimeout):
         return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, ModelUnavailable):

@@ -15,7 +15,9 @@ import grpc
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from marrowdx.api.errors import Overloaded, to_status
+from marrowdx.api.errors import Overloaded, RequestError, to_status
+from marrowdx.api.wire import Undecodable
+from marrowdx.inference.triton import CALLER_DEADLINE
 from marrowdx.security.access import Role
 
 log = structlog.get_logger("marrowdx.rpc")
@@ -49,10 +51,15 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+DEADLINE_SLACK_S = 0.25
+
+
 def _ended_by_cancel(context: grpc.aio.ServicerContext) -> str:
-    """The code a call cancelled under us ended with: its deadline passed, or the client went away."""
+    """The code a call cancelled under us ended with: its deadline passed, or the client went away.
+    When the client's own deadline fires first it cancels the stream a moment before the server's
+    copy of the deadline (the two clocks differ by tens of ms): that is still the deadline."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
 
 
 def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
@@ -70,6 +77,9 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
             in-flight slot; raises to refuse."""
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
+            # Model calls made for this RPC take no longer than its caller waits (inference/triton.py).
+            remaining = context.time_remaining()
+            CALLER_DEADLINE.set(time.monotonic() + remaining if remaining is not None else None)
             call.principal = self.auth.authenticate(context)
             structlog.contextvars.bind_contextvars(client_id=call.principal.client_id)
             if role is not None:
@@ -111,7 +121,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
                 try:
                     try:
                         _enter(self, context, call)
-                        async with contextlib.aclosing(fn(self, request_iterator, context)) as items:
+                        async with contextlib.aclosing(fn(self, _each_decoded(request_iterator), context)) as items:
                             async for item in items:
                                 yield item
                         call.code = "OK"
@@ -130,7 +140,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
             try:
                 try:
                     _enter(self, context, call)
-                    response = await fn(self, request, context)
+                    response = await fn(self, _decoded(request), context)
                     call.code = "OK"
                     return response
                 except Exception as exc:
@@ -144,6 +154,18 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
         return wrapper
 
     return decorate
+
+
+def _decoded(request):
+    """The request, or INVALID_ARGUMENT when its bytes were not a valid message (api/wire.py)."""
+    if isinstance(request, Undecodable):
+        raise RequestError("request", f"the bytes are not a valid {request.message} message ({request.error})")
+    return request
+
+
+async def _each_decoded(request_iterator):
+    async for request in request_iterator:
+        yield _decoded(request)
 
 
 class _Call:

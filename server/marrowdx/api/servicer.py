@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -13,7 +14,7 @@ from marrowdx._proto.marrowdx.v1 import diagnosis_pb2 as pb
 from marrowdx._proto.marrowdx.v1 import diagnosis_pb2_grpc as pb_grpc
 from marrowdx.api import convert
 from marrowdx.api.auth import Authenticator, current_principal
-from marrowdx.api.errors import NotFound, RequestError
+from marrowdx.api.errors import NotFound, RequestError, StreamIdle
 from marrowdx.api.observability import InFlightLimit, rpc
 from marrowdx.domain.report import DISCLAIMER, count_calls
 from marrowdx.pipeline import ImageInput
@@ -87,6 +88,10 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     def _open(self, info: pb.CaseInfo, field: str, streamed: bool = False) -> CaseSession:
         if not info.case_id:
             raise RequestError(f"{field}.case_id", "is required")
+        if info.specimen_type == pb.SPECIMEN_TYPE_UNSPECIFIED:
+            # The rules differ by specimen (blast thresholds, denominators): never assume marrow.
+            raise RequestError(f"{field}.specimen_type",
+                               "specimen_type is required: bone marrow aspirate or peripheral blood")
         structlog.contextvars.bind_contextvars(case_ref=case_reference(info.case_id))
         minimum = self.service.rules.minimum_count
         if info.target_count and info.target_count < minimum:
@@ -96,6 +101,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     async def _finish(self, session: CaseSession) -> pb.CaseReport:
         report = self.service.report(session)
         message = convert.case_report(report)
+        message.not_assessed.extend(self.service.notes(session))
         caller = current_principal()
         stored = await self.service.save(session, report, message.SerializeToString(), caller.org, caller.client_id)
         structlog.contextvars.bind_contextvars(report_id=stored.report_id)
@@ -134,11 +140,24 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             await self.service.add_crops(session, crops, top_k)
         return pb.DiagnoseCaseResponse(report=await self._finish(session))
 
+    async def _until_idle(self, request_iterator) -> AsyncIterator:
+        """The stream's messages; StreamIdle when none comes within ``stream_idle_timeout_s``."""
+        messages = request_iterator.__aiter__()
+        timeout = self.settings.stream_idle_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(messages), timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StreamIdle(timeout) from None
+            yield message
+
     @rpc("DiagnoseCaseStream", Role.SUBMIT, streaming=True)
     async def DiagnoseCaseStream(self, request_iterator, context) -> AsyncIterator[pb.DiagnoseCaseStreamResponse]:
         session: CaseSession | None = None
         index = 0
-        async for message in request_iterator:
+        async for message in self._until_idle(request_iterator):
             kind = message.WhichOneof("item")
             if kind is None:
                 raise RequestError("item", "each message needs start, field, crop or finish")

@@ -8,6 +8,7 @@ backend folder under the state directory once and point Triton at it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,15 +94,21 @@ class ManagedTriton:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        log.info("triton.stopped", returncode=self.process.returncode)
+        """SIGTERM, then SIGKILL to its whole session: the Python-backend stubs are its children
+        and would outlive a server that was killed (or that died) without stopping them."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self.process.wait(5)
+            log.info("triton.stopped", returncode=self.process.returncode)
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
 
 
 def reap_orphan(state_dir: Path) -> int | None:
@@ -123,8 +131,11 @@ def reap_orphan(state_dir: Path) -> int | None:
     return pid
 
 
-def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, ready_timeout: float = 120.0) -> ManagedTriton:
-    """Start tritonserver on loopback and wait until both models are ready."""
+def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, ready_timeout: float = 120.0,
+                 cancel: threading.Event | None = None) -> ManagedTriton:
+    """Start tritonserver on loopback and wait until both models are ready. Setting ``cancel``
+    (the service is shutting down) stops a start in progress, and the server it started."""
+    cancel = cancel or threading.Event()
     state_dir.mkdir(parents=True, exist_ok=True)
     reap_orphan(state_dir)
     binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
@@ -143,6 +154,8 @@ def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, re
         "--exit-on-error=true",
         "--log-verbose=0",
     ]
+    if cancel.is_set():
+        raise TritonLaunchError("not starting tritonserver: the service is shutting down")
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_environment(),
                                    start_new_session=True)
@@ -150,20 +163,22 @@ def start_triton(model_repository: Path, state_dir: Path, grpc_port: int = 0, re
     triton = ManagedTriton(process, port, log_path)
     log.info("triton.starting", pid=process.pid, grpc_port=port, model_repository=str(model_repository))
     try:
-        wait_ready(triton, ready_timeout)
+        wait_ready(triton, ready_timeout, cancel)
     except BaseException:
         triton.stop()
         raise
     return triton
 
 
-def wait_ready(triton: ManagedTriton, timeout: float) -> None:
+def wait_ready(triton: ManagedTriton, timeout: float, cancel: threading.Event | None = None) -> None:
     import tritonclient.grpc as grpcclient  # sync client: start-up runs before the event loop
 
     deadline = time.monotonic() + timeout
     client = grpcclient.InferenceServerClient(triton.url)
     try:
         while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise TritonLaunchError("tritonserver start cancelled: the service is shutting down")
             if not triton.alive():
                 tail = triton.log_path.read_text(errors="replace")[-2000:]
                 raise TritonLaunchError(f"tritonserver exited with {triton.process.returncode}:\n{tail}")

@@ -4,7 +4,10 @@ translated here, once, into ModelUnavailable / ModelTimeout / ModelError."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -30,7 +33,47 @@ class ModelContractError(ModelError):
     """A served model does not match the contract (tensor names, taxonomy)."""
 
 
+# When the RPC being served must be answered (time.monotonic()); None: the caller set no deadline.
+# Set once per call by the rpc wrapper; tasks and threads started for the call inherit it.
+CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("marrowdx_caller_deadline",
+                                                                               default=None)
+
+
+def call_timeout(cap_s: float) -> float:
+    """Seconds one Triton call may take: what is left of the caller's deadline, at most ``cap_s``.
+    A deadline already passed raises ModelTimeout without calling Triton."""
+    deadline = CALLER_DEADLINE.get()
+    if deadline is None:
+        return cap_s
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ModelTimeout("the caller's deadline passed before the model call")
+    return min(cap_s, left)
+
+
+@dataclass(frozen=True)
+class TritonTLS:
+    """TLS to a remote Triton: the CA that signed its certificate (None: the system's roots),
+    and a client certificate and key when it requires mutual TLS. Paths, read by tritonclient."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def client_options(self) -> dict:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("TLS to Triton: give both triton_cert and triton_key, or neither")
+        for path in (self.ca, self.cert, self.key):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS to Triton: cannot read {path}")
+        return {"ssl": True, "root_certificates": str(self.ca) if self.ca else None,
+                "private_key": str(self.key) if self.key else None,
+                "certificate_chain": str(self.cert) if self.cert else None}
+
+
 def translate(exc: InferenceServerException) -> ModelError:
+    """The one place tritonclient's errors become ours (its status is a string like
+    ``StatusCode.UNAVAILABLE``, or None for errors raised on the client side)."""
     status = str(exc.status() or "")
     if "DEADLINE_EXCEEDED" in status:
         return ModelTimeout(f"model server timed out: {exc.message()}")
@@ -57,6 +100,10 @@ class Detections:
     boxes: np.ndarray  # B x K x 4, model-input pixels
     scores: np.ndarray  # B x K
     categories: np.ndarray  # B x K
+    count: np.ndarray | None = None  # B x 1: objects found; == K means every slot is full and some may be missing
+
+    def saturated(self, i: int = 0) -> bool:
+        return self.count is not None and int(np.asarray(self.count[i]).reshape(-1)[0]) >= self.boxes.shape[1]
 
 
 EXPECTED_TENSORS = {
@@ -66,12 +113,13 @@ EXPECTED_TENSORS = {
 
 
 class TritonModels:
-    def __init__(self, url: str, timeout_s: float, classify_batch: int = 32, classify_in_flight: int = 2) -> None:
+    def __init__(self, url: str, timeout_s: float, classify_batch: int = 32, classify_in_flight: int = 2,
+                 tls: TritonTLS | None = None) -> None:
         self.url = url
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # the most one call may take; less when the caller's deadline is nearer
         self.classify_batch = classify_batch
         self.classify_in_flight = classify_in_flight
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, **(tls.client_options() if tls else {}))
         self.detector: ModelInfo | None = None
         self.classifier: ModelInfo | None = None
 
@@ -123,14 +171,16 @@ class TritonModels:
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
         try:
-            result = await self._client.infer(model, [tensor], outputs=requested, client_timeout=self.timeout_s)
+            result = await self._client.infer(model, [tensor], outputs=requested,
+                                              client_timeout=call_timeout(self.timeout_s))
         except InferenceServerException as exc:
             raise translate(exc) from exc
         return [result.as_numpy(o) for o in outputs]
 
     async def detect(self, images: np.ndarray) -> Detections:
-        boxes, scores, categories = await self._infer(DETECTOR, "IMAGE", images, ["BOXES", "SCORES", "CATEGORIES"])
-        return Detections(boxes, scores, categories)
+        boxes, scores, categories, count = await self._infer(DETECTOR, "IMAGE", images,
+                                                             ["BOXES", "SCORES", "CATEGORIES", "COUNT"])
+        return Detections(boxes, scores, categories, count)
 
     async def classify(self, crops: np.ndarray) -> np.ndarray:
         """Probabilities for the crops, in order. A case's crops go in small requests, a few
