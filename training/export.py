@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     if on_val[0]:
         # training.crossfit fitted it on held-out crops, for the 8-view average.
         print(f"temperature from cross-fitting kept: {float(classifier.temperature):.4f}")
+    elif head_run and args.tta and run_summary(args.classifier[0]).get("temperature"):
+        # training.train_head fitted it on held-out cells of every source (2 of the 8 views).
+        print(f"temperature from train_head kept: {float(classifier.temperature):.4f}")
     elif head_run and args.tta:
         refit_temperature_on_cells(classifier, taxonomy, crop_size, args.data)
     elif args.tta:

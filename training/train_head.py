@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     fold_of = patient_folds([_Row(m) for m in meta], FOLDS)
     fold = np.array([fold_of.get(m["group"], -1) if m["dataset"] == "deepapl" else -1 for m in meta])
     held_log_p = torch.zeros(len(meta), len(taxonomy.codes))
+    held_view_logits = {v: torch.zeros(len(meta), len(taxonomy.codes)) for v in EVAL_VIEWS}
     not_deepapl_train = (datasets != "deepapl") & (splits == "train")
 
     def train_on(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,10 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (fold != k)))
         weight, bias = train_on(rows)
         scored = np.flatnonzero(fold == k)
-        held_log_p[scored] = predict(features[scored], weight, bias)
         if k == 0:  # the other sources' val and test: from the first fold's head (trained on their train split)
-            other = np.flatnonzero((datasets != "deepapl") & (splits != "train"))
-            held_log_p[other] = predict(features[other], weight, bias)
+            scored = np.concatenate([scored, np.flatnonzero((datasets != "deepapl") & (splits != "train"))])
+        held_log_p[scored] = predict(features[scored], weight, bias)
+        for v in EVAL_VIEWS:
+            held_view_logits[v][scored] = features[scored, v] @ weight.T + bias
         print(f"fold {k}: trained on {len(rows)} cells, scored {len(scored)} deepapl cells", flush=True)
 
     report: dict = {"features": str(args.features), "taxonomy": taxonomy.version, "epochs": args.epochs,
@@ -364,6 +366,12 @@ def main(argv: list[str] | None = None) -> None:
         # checks (tests/integration/test_lineage_cases.py) run on patients it never saw.
         rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (splits != "test")))
         weight, bias = train_on(rows)
+        # One temperature for the served average, fitted on held-out cells: deepapl's by patient
+        # fold and the other sources' val split (the heads that scored them never saw them).
+        val_rows = np.flatnonzero((datasets == "deepapl") | (splits == "val"))
+        report["temperature"] = round(fit_temperature(torch.stack(
+            [torch.log_softmax(held_view_logits[v][val_rows], 1) for v in range(len(EVAL_VIEWS))]),
+            mask[val_rows]), 4)
         save_head_run(args.out, args.backbone, taxonomy, weight, bias, meta, rows, report)
         if args.version:
             val_rows = np.flatnonzero((datasets == "deepapl") | (splits == "val"))
@@ -423,7 +431,7 @@ def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, weight: torch.T
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.") and k != "class_bias"}
     state["head.weight"], state["head.bias"] = weight, bias
     state["class_bias"] = torch.zeros(len(taxonomy.codes))
-    state["temperature"] = torch.ones(1)
+    state["temperature"] = torch.tensor([float(report.get("temperature", 1.0))])
     CellClassifier(len(taxonomy.codes), width=model.width).load_state_dict(state)  # refuses a wrong shape
     out.mkdir(parents=True, exist_ok=True)
     torch.save(state, out / "best.pt")
@@ -433,6 +441,8 @@ def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, weight: torch.T
         "trained_classes": trained_classes(meta, rows), "trained_on": dict(sorted(sources.items())),
         "cells_per_class": dict(sorted(Counter("|".join(meta[r]["targets"]) for r in rows).items())),
         "epochs": report["epochs"], "pull": report["pull"], "power": report["power"],
+        "temperature": report.get("temperature"),
+        "temperature_fitted_on": "held-out cells: deepapl by patient fold, the val split of the other sources",
     }, indent=1) + "\n")
     print(f"wrote {out / 'best.pt'}")
 
