@@ -74,6 +74,23 @@ async def stop_restart(runtime: Runtime) -> None:
         await asyncio.to_thread(started.stop)
 
 
+async def start_managed_triton(settings: Settings) -> ManagedTriton:
+    """start_triton in a worker thread. If this task is cancelled meanwhile (Ctrl-C, a start
+    timeout), the start is told to stop and the server it started is stopped: the thread would
+    otherwise run on and leave it behind."""
+    cancel = threading.Event()
+    starting = asyncio.ensure_future(asyncio.to_thread(start_triton, settings.model_repository, settings.state_dir,
+                                                       cancel=cancel))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        cancel.set()
+        with contextlib.suppress(Exception):
+            started = await starting  # soon: the start checks ``cancel`` and stops what it began
+            await asyncio.to_thread(started.stop)
+        raise
+
+
 def service_thresholds(settings: Settings, rules: RuleSet) -> Thresholds:
     """The thresholds the service applies and GetModelInfo advertises. Counts come from the rule
     set (a case's default target is the rule set's, as its reports say), the rest from settings."""
@@ -95,7 +112,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         tls = TritonTLS(settings.triton_ca, settings.triton_cert, settings.triton_key)
         tls.client_options()  # fail now on unreadable files, not at the first call
     if not url:
-        triton = await asyncio.to_thread(start_triton, settings.model_repository, settings.state_dir)
+        triton = await start_managed_triton(settings)
         url = triton.url
     models = TritonModels(url, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight, tls)
     try:

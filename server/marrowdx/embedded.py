@@ -31,11 +31,15 @@ def embedded_stack(settings: Settings, start_timeout_s: float = 180.0) -> Iterat
     started = threading.Event()
     state: dict[str, object] = {}
     stop: asyncio.Event | None = None
+    main_task: asyncio.Task | None = None
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
-        nonlocal stop
+        nonlocal stop, main_task
         stop = asyncio.Event()
+        main_task = asyncio.current_task()
+        if state.get("aborted"):
+            return
         try:
             async with running_service(settings.replace(host="127.0.0.1", port=0)) as (runtime, port):
                 state["port"] = port
@@ -46,9 +50,25 @@ def embedded_stack(settings: Settings, start_timeout_s: float = 180.0) -> Iterat
             state["error"] = exc
             started.set()
 
+    def abort_start() -> None:
+        """Cancel a start in progress and wait for it to clean up: a daemon thread killed at exit
+        would leave the tritonserver it was starting behind."""
+        def cancel() -> None:
+            state["aborted"] = True
+            if main_task is not None:
+                main_task.cancel()
+        loop.call_soon_threadsafe(cancel)
+        thread.join(120)
+
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="marrowdx-embedded", daemon=True)
     thread.start()
-    if not started.wait(start_timeout_s):
+    try:
+        ready = started.wait(start_timeout_s)
+    except BaseException:  # Ctrl-C while Triton starts
+        abort_start()
+        raise
+    if not ready:
+        abort_start()
         raise TimeoutError("the embedded service did not start in time")
     if "error" in state:
         thread.join(5)

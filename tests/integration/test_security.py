@@ -183,4 +183,5 @@ def test_health_command_checks_over_mutual_tls(secure):
     address = stack.address.replace("127.0.0.1", "localhost")
     assert main(["health", "--server", address, "--tls-ca", str(ca.cert_path), "--tls-cert", str(cert),
                  "--tls-key", str(key)]) == 0
+    assert main(["health", "--server", address, "--tls-ca", str(ca.cert_path)]) == 1  # the certificate is what let it in
     assert main(["health", "--server", stack.address]) == 1  # plaintext against a TLS port: not healthy

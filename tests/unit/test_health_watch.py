@@ -139,3 +139,33 @@ def _pgid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_a_start_cancelled_midway_leaves_no_server_running(monkeypatch, tmp_path):
+    """Ctrl-C or a start timeout cancels the service while Triton is loading: the start thread
+    runs on, so what it starts must still be stopped (before: a tritonserver left to init)."""
+    from marrowdx.inference.launcher import ManagedTriton
+
+    started: list[ManagedTriton] = []
+    seen_cancel = []
+
+    def slow_start(repo, state, port=0, cancel=None):
+        process = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+        started.append(ManagedTriton(process, 1, tmp_path / "log"))
+        time.sleep(0.5)  # loading the models; a real start would notice ``cancel`` here
+        seen_cancel.append(cancel.is_set())
+        return started[-1]
+
+    monkeypatch.setattr(app, "start_triton", slow_start)
+
+    async def run():
+        task = asyncio.create_task(app.start_managed_triton(SimpleNamespace(model_repository="r", state_dir=tmp_path)))
+        while not started:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert seen_cancel == [True]  # the start was told
+    assert started[0].process.poll() is not None, "the server started meanwhile is still running"
