@@ -18,7 +18,9 @@ again and each must be answered with its original report (``retry_mismatch``
 database is asked directly whether any request id was stored twice
 (``duplicated`` 0) or stored under another report than the one acknowledged.
 Recovery time is from a kill to the end of the first case that started after
-it and succeeded. Research use only.
+it and succeeded (so it includes one whole case); the first answer is the
+first success of any case after the kill (clients were answered again).
+Research use only.
 """
 
 from __future__ import annotations
@@ -145,6 +147,13 @@ class DistributedRun:
             time.sleep(0.1)
         return None
 
+    def _first_answer(self, since: float) -> float | None:
+        """Seconds from ``since`` to the next successful answer of any case (one already in flight
+        on the surviving parts included): how long clients went without an answer."""
+        with self.tally.lock:
+            ends = [end for _, end in self.tally.successes if end >= since]
+        return round(min(ends) - since, 2) if ends else None
+
     # -- faults -----------------------------------------------------------------------------------
     def kill_front(self) -> dict:
         """A case answered by replica 0 just before it dies is the cross-replica retry probe."""
@@ -187,6 +196,7 @@ class DistributedRun:
                 self._submit(client, cut_info, cut_crops, retry=True)
         recovery = self._wait_recovered(t)
         return {"fault": "kill -9 front replica 0 (not restarted)", "recovery_s": recovery,
+                "first_answer_s": self._first_answer(t),
                 "case_in_flight_on_it": cut["code"],
                 "its_resend_acknowledged": cut_info.request_id in self.tally.acknowledged,
                 "errors_seen_by_clients": sum(self.tally.errors.values()) - errors_before}
@@ -198,6 +208,7 @@ class DistributedRun:
         self.tritons[0].process.wait()
         recovery = self._wait_recovered(t)
         return {"fault": "kill -9 tritonserver 0 (not restarted)", "recovery_s": recovery,
+                "first_answer_s": self._first_answer(t),
                 "errors_seen_by_clients": sum(self.tally.errors.values()) - errors_before}
 
     # -- end --------------------------------------------------------------------------------------
