@@ -265,3 +265,33 @@ def test_postgres_replicas_starting_together_migrate_once(postgres):
     for store in opened:
         store.close()
     assert not errors and len(opened) == 4
+
+
+def test_postgres_going_away_is_a_retryable_error_that_names_no_address(monkeypatch):
+    """A database restart or failover fails the call as StoreUnavailable (UNAVAILABLE: the client
+    resends), within the pool's wait, and never with the URL in the message."""
+    from marrowdx.store import postgres
+    from marrowdx.store.base import StoreUnavailable
+    from marrowdx.store.pglocal import LocalPostgres, PostgresUnavailable
+
+    monkeypatch.setattr(postgres, "CONNECT_TIMEOUT_S", 2.0)  # the wait is the pool's; 10 s in service
+    try:
+        server = LocalPostgres(fsync=False).start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL backend not tested: {exc}")
+    try:
+        store = postgres.PostgresReportStore(server.create_database("going_away"))
+        store.save("rpt_1", "ACC", "req-1", "2026-01-01T00:00:00Z", b"1", owner="o")
+        port = str(server.port)
+    finally:
+        server.stop()
+    try:
+        for call in (lambda: store.by_request_id("req-1", "o"),
+                     lambda: store.save("rpt_2", "ACC", "req-2", "2026-01-01T00:00:00Z", b"2", owner="o")):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                call()
+            assert time.monotonic() - started < 2.0 + 8
+            assert port not in str(caught.value) and "postgres@" not in str(caught.value)
+    finally:
+        store.close()

@@ -20,7 +20,12 @@ from typing import Protocol, runtime_checkable
 from marrowdx.store.audit import AuditEntry
 from marrowdx.store.sqlite import ANY_OWNER, StoredReport
 
-__all__ = ["ANY_OWNER", "AuditEntry", "AuditLog", "ReportStore", "StoredReport"]
+__all__ = ["ANY_OWNER", "AuditEntry", "AuditLog", "ReportStore", "StoreUnavailable", "StoredReport"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached now (restarting, failing over): the call may be retried
+    (UNAVAILABLE). Its message names no host, user or password."""
 
 
 @runtime_checkable

@@ -25,17 +25,20 @@ PGPASSFILE keep it out of the URL altogether).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from marrowdx.store.audit import COLUMNS as AUDIT_COLUMNS
 from marrowdx.store.audit import AuditEntry
+from marrowdx.store.base import StoreUnavailable
 from marrowdx.store.sqlite import ANY_OWNER, StoredReport
 
 MIGRATIONS = "migrations/postgresql"
@@ -85,11 +88,32 @@ def schema_version(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
 
 
+# How long a call waits for a connection: a database that is down (restart, failover) fails the
+# call within this, as UNAVAILABLE, and the client retries; the pool reconnects in the background.
+CONNECT_TIMEOUT_S = 10.0
+
+
 def _pool(url: str, size: int, name: str) -> ConnectionPool:
-    pool = ConnectionPool(url, min_size=1, max_size=size, open=False, name=name, timeout=30,
-                          kwargs={"autocommit": True}, check=ConnectionPool.check_connection)
-    pool.open(wait=True, timeout=30)
+    pool = ConnectionPool(url, min_size=1, max_size=size, open=False, name=name, timeout=CONNECT_TIMEOUT_S,
+                          kwargs={"autocommit": True, "connect_timeout": 5}, check=ConnectionPool.check_connection)
+    try:
+        pool.open(wait=True, timeout=30)
+    except PoolTimeout:
+        pool.close()
+        raise StoreUnavailable("the PostgreSQL database did not accept a connection within 30 s") from None
     return pool
+
+
+@contextlib.contextmanager
+def _connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A pooled connection; losing the database becomes StoreUnavailable (never its address)."""
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except PoolTimeout:
+        raise StoreUnavailable(f"no database connection within {CONNECT_TIMEOUT_S:g} s") from None
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"the database connection failed ({type(exc).__name__})") from None
 
 
 _COLUMNS = "report_id, payload, owner, case_digest, image_digests"
@@ -109,7 +133,7 @@ class PostgresReportStore:
         # (PostgreSQL's MVCC lets a lookup read while another connection's commit is being flushed).
         self._pool = _pool(url, pool_size, "marrowdx-reports")
         try:
-            with self._pool.connection() as conn:
+            with _connection(self._pool) as conn:
                 self.schema_version = migrate(conn)
         except BaseException:
             self._pool.close()
@@ -123,7 +147,7 @@ class PostgresReportStore:
              image_digests: bytes | None = None) -> StoredReport:
         """Commit the report; if this owner sent ``request_id`` before (on any replica), return the
         earlier report (with its fingerprint, for the caller to compare) instead."""
-        with self._pool.connection() as conn:
+        with _connection(self._pool) as conn:
             inserted = conn.execute(
                 "INSERT INTO reports(report_id, owner, client_id, accession_id, request_id, created_at, payload, "
                 "case_digest, image_digests) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
@@ -148,7 +172,7 @@ class PostgresReportStore:
         return self._one("accession_id = %s", accession_id, owner, order="ORDER BY created_at DESC LIMIT 1")
 
     def report_ids(self) -> set[str]:
-        with self._pool.connection() as conn:
+        with _connection(self._pool) as conn:
             return {row[0] for row in conn.execute("SELECT report_id FROM reports")}
 
     def _one(self, where: str, key: str, owner: str | None, order: str = "") -> StoredReport | None:
@@ -157,7 +181,7 @@ class PostgresReportStore:
         if owner is not ANY_OWNER:
             sql += " AND owner = %s"
             args += (owner,)
-        with self._pool.connection() as conn:
+        with _connection(self._pool) as conn:
             return _stored(conn.execute(f"{sql} {order}", args).fetchone())
 
 
@@ -165,7 +189,7 @@ class PostgresAuditLog:
     def __init__(self, url: str) -> None:
         self._pool = _pool(url, 2, "marrowdx-audit")
         try:
-            with self._pool.connection() as conn:
+            with _connection(self._pool) as conn:
                 migrate(conn)
         except BaseException:
             self._pool.close()
@@ -180,13 +204,13 @@ class PostgresAuditLog:
     def record(self, client_id: str, org: str, method: str, outcome: str, request_id: str = "",
                case_ref: str = "", report_id: str = "", peer: str = "") -> None:
         at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        with self._pool.connection() as conn:
+        with _connection(self._pool) as conn:
             conn.execute("INSERT INTO audit(at, client_id, org, method, outcome, request_id, case_ref, report_id, "
                          "peer) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                          (at, client_id, org, method, outcome, request_id, case_ref, report_id, peer))
 
     def recent(self, limit: int = 100) -> list[AuditEntry]:
-        with self._pool.connection() as conn:
+        with _connection(self._pool) as conn:
             rows = conn.execute(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY seq DESC LIMIT %s",
                                 (limit,)).fetchall()
         return [AuditEntry(*row) for row in reversed(rows)]
