@@ -190,6 +190,7 @@ class PacsBridge:
         self.reports: dict[str, str] = {}  # case key -> report id, for the log and tests
         self.rejected: dict[str, str] = {}  # case key -> reason, studies moved to spool/rejected
         self.service_calls = 0  # case runs started against the service
+        self.deferred = 0  # of those, runs the service could not take then (down, busy): retried later
         self.port = config.port
 
     # -- DICOM in ---------------------------------------------------------------------------------------
@@ -293,6 +294,7 @@ class PacsBridge:
         if isinstance(exc, grpc.RpcError):
             code = exc.code()
             if code in TRANSIENT_CODES:  # service down, busy or misconfigured: nothing wrong with the study
+                self.deferred += 1
                 failures = self._back_off(case.key, now)
                 log.warning("pacs.case_deferred", case=case.key, code=code.name, failures=failures)
                 return

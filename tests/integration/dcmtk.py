@@ -5,12 +5,9 @@ when it runs as root)."""
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,10 +33,12 @@ def storescu(port: int, files: list[Path], called: str = "MARROWDX", calling: st
     return run("storescu", "-v", "--no-halt", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files))
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the test process dies, even by a crash, so no storescp is left."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _with_parent(command: list[str]) -> list[str]:
+    """The command, ended by SIGTERM when the test process dies, even by a crash, so no storescp is
+    left behind: util-linux setpriv sets the parent-death signal (a preexec_fn would do it too, but
+    is unsafe in a process with threads, as a test process with gRPC is)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
 
 class StoreSCP:
@@ -52,19 +51,22 @@ class StoreSCP:
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> StoreSCP:
-        self._process = subprocess.Popen(
-            ["storescp", "-aet", self.ae_title, "--promiscuous", "+xa", "-od", str(self.out), str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if self._process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.__exit__()
+        # A free port can be taken by another process before storescp binds it (a busy CI machine):
+        # try a few, each with a fresh port.
+        for _ in range(3):
+            self.port = free_port()
+            self._process = subprocess.Popen(
+                _with_parent(["storescp", "-aet", self.ae_title, "--promiscuous", "+xa", "-od", str(self.out),
+                              str(self.port)]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return self
+                except OSError:
+                    time.sleep(0.1)
+            self.__exit__()
         raise RuntimeError("storescp did not start listening")
 
     def __exit__(self, *exc: object) -> None:

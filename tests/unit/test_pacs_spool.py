@@ -143,7 +143,7 @@ def test_an_unreadable_object_is_rejected_alone_and_a_service_outage_backs_off(t
     bridge.step(now + 25)  # the second delay is 20 s, not 10
     assert bridge.service_calls == 2
     bridge.step(now + 32)
-    assert bridge.service_calls == 3 and good.exists() and good.parent.name not in bridge.rejected
+    assert bridge.service_calls == bridge.deferred == 3 and good.exists() and good.parent.name not in bridge.rejected
 
 
 def test_the_specimen_comes_from_the_images_or_the_bridge_and_is_never_guessed(tmp_path):
