@@ -65,9 +65,13 @@ def test_estimate_trusts_the_probe_nearest_the_trained_size():
     assert scale.um_per_px == pytest.approx(RED_CELL_UM / true_diameter, rel=0.06)
 
 
-def test_cut_and_elongated_red_cells_do_not_measure():
-    boxes = np.array([[0, 10, 50, 60], [10, 10, 60, 30], [100, 100, 150, 150]], np.float32)
-    assert red_cell_sides(boxes, 320, 320).tolist() == [50.0]
+def test_elongated_and_mostly_cut_red_cells_do_not_measure():
+    boxes = np.array([[100, 100, 150, 150],  # whole: 50
+                      [10, 10, 60, 30],  # squeezed: no measure
+                      [0, 200, 30, 250],  # cut by the left edge, 30 of 50 left: its height, 50
+                      [0, 10, 15, 60],  # cut, less than half left: no measure
+                      [0, 0, 40, 40]], np.float32)  # cut by two edges: no measure
+    assert sorted(red_cell_sides(boxes, 320, 320).tolist()) == [50.0, 50.0]
 
 
 def test_no_red_cells_refuses_to_guess():

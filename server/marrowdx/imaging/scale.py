@@ -85,7 +85,7 @@ def scale_from_spacing(pixel_spacing_um: float, field: str = "image.pixel_spacin
 # size it learnt (49-97 px against 69) and still boxes them at their true size.
 # 12 px is 0.63 um/px, 384 px 0.02 um/px: the range of MIN/MAX_UM_PER_PX.
 PROBE_RED_CELL_PX = (12.0, 24.0, 48.0, 96.0, 192.0, 384.0)
-# A probe needs this many whole red cells (not cut by its window, near square) to measure.
+# A probe needs this many measurable red cells (``red_cell_sides``) to measure.
 MIN_RED_CELLS = 3
 # A probe window narrower than this at its scale shows too few cells to judge.
 MIN_PROBE_SIDE = 100
@@ -109,13 +109,22 @@ def probe_factors() -> list[float]:
 
 
 def red_cell_sides(boxes: np.ndarray, width: float, height: float, margin: float = 2.0) -> np.ndarray:
-    """Sides (geometric mean of width and height) of the whole red-cell boxes: not touching
-    the window's edge and near square (a cell cut by the edge or by another reads small)."""
+    """Red-cell diameters from their boxes: a whole cell's box is near square (one that
+    is not was cut or squeezed by a neighbour) and measures as the geometric mean of
+    its sides; a cell cut by one edge of the window still shows its diameter along
+    that edge (the longer side), as long as less than half of it is cut away."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    whole = ((boxes[:, 0] > margin) & (boxes[:, 1] > margin) & (boxes[:, 2] < width - margin)
-             & (boxes[:, 3] < height - margin) & (np.abs(bw - bh) < 0.2 * np.maximum(bw, bh)) & (bw > 0) & (bh > 0))
-    return np.sqrt(bw * bh)[whole]
+    left, top = boxes[:, 0] <= margin, boxes[:, 1] <= margin
+    right, bottom = boxes[:, 2] >= width - margin, boxes[:, 3] >= height - margin
+    cut_x, cut_y = left | right, top | bottom
+    positive = (bw > 0) & (bh > 0)
+    square = np.abs(bw - bh) < 0.2 * np.maximum(bw, bh)
+    whole = positive & ~cut_x & ~cut_y & square
+    # Cut across x only: the height is the diameter if at least half the width is left.
+    cut_in_x = positive & cut_x & ~cut_y & (bw >= 0.5 * bh) & (bw <= bh * 1.05)
+    cut_in_y = positive & cut_y & ~cut_x & (bh >= 0.5 * bw) & (bh <= bw * 1.05)
+    return np.concatenate([np.sqrt(bw * bh)[whole], bh[cut_in_x], bw[cut_in_y]])
 
 
 def scale_from_probes(probes: list[Probe], red_cell_boxes: list[np.ndarray], field: str = "image") -> Scale:
