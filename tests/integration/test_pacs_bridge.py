@@ -63,10 +63,12 @@ def test_images_in_results_out_with_the_right_counts(stack, tmp_path):
     images.append(smear_image(_rgb(FIELDS[2]), "PAT-1", "ACC-PACS-1", study, series, 3, sop_class=SECONDARY_CAPTURE))
     slide_rgb = np.concatenate([_rgb(FIELDS[0]), _rgb(FIELDS[0])[:, ::-1]], axis=1)  # two fields side by side
     images.append(smear_slide(slide_rgb, "PAT-1", "ACC-PACS-1", study))
+    for image in images:  # the study runs when all four are in: a slow transfer must not split it
+        image.ImagesInAcquisition = len(images)
     files = _write(tmp_path / "scanner", images)
 
     with StoreSCP(tmp_path / "archive") as archive:
-        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=2.0,
+        config = BridgeConfig(spool_dir=tmp_path / "spool", service_address=stack.address, port=0, idle_s=60,
                               specimen="bone_marrow_aspirate", poll_s=0.2,
                               destination=Destination("127.0.0.1", archive.port, archive.ae_title))
         with PacsBridge(config) as bridge:
