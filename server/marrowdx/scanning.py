@@ -26,7 +26,14 @@ from PIL import Image
 from marrowdx.domain.cells import Thresholds, kept_detections
 from marrowdx.domain.tiles import merge_tiles
 from marrowdx.imaging.adequacy import Adequacy, FieldProblem, assess_field
-from marrowdx.imaging.scale import Probe, Scale, probe_factors, scale_from_probes, scale_from_spacing
+from marrowdx.imaging.scale import (
+    Probe,
+    Scale,
+    ScaleUnknown,
+    probe_factors,
+    scale_from_probes,
+    scale_from_spacing,
+)
 from marrowdx.imaging.tiling import (
     DEFAULT_OVERLAP,
     cut_by_tile,
@@ -55,7 +62,7 @@ class FieldScan:
     boxes: np.ndarray  # K x 4, original pixels
     scores: np.ndarray  # K
     categories: np.ndarray  # K, index into the detector's categories
-    scale: Scale
+    scale: Scale | None  # None: a field left out before its scale was known
     adequacy: Adequacy | None
     tiles: int = 0
     saturated: bool = False  # some tile filled every detector output slot
@@ -97,15 +104,25 @@ async def field_scale(models, image: Image.Image, pixel_spacing_um: float, thres
 async def scan_field(models, image: Image.Image, pixel_spacing_um: float, thresholds: Thresholds,
                      categories: tuple[str, ...], size: int, config: ScanConfig = ScanConfig(),
                      field: str = "image") -> FieldScan:
-    """Raises ``imaging.scale.ScaleUnknown`` (an ImageError) when no scale can be had."""
-    scale = await field_scale(models, image, pixel_spacing_um, thresholds, categories, size, config.batch, field)
+    """Raises ``imaging.scale.ScaleUnknown`` (an ImageError) when no scale can be had and
+    the field, judged at its own pixels, is not plainly inadequate (a blank or blurred
+    field shows no red cells to measure: it is left out for what it is)."""
+    empty = np.zeros((0, 4), np.float32)
+    try:
+        scale = await field_scale(models, image, pixel_spacing_um, thresholds, categories, size, config.batch,
+                                  field)
+    except ScaleUnknown:
+        if config.adequacy:
+            adequacy = await asyncio.to_thread(assess_field, np.asarray(image.convert("RGB"), np.uint8))
+            if adequacy.problem is not None:
+                return FieldScan(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), None, adequacy)
+        raise
     factor = scale.factor
     if size < max(image.size) * factor <= size * FIT_TOLERANCE:
         # A field just larger than one tile is shrunk into it rather than cut into four
         # mostly overlapping tiles: the detector learnt red cells from 51 to 75 px.
         factor = size / max(image.size)
     working = await asyncio.to_thread(lambda: np.asarray(resample(image, factor), np.uint8))
-    empty = np.zeros((0, 4), np.float32)
     adequacy = None
     if config.adequacy:
         adequacy = await asyncio.to_thread(assess_field, working)

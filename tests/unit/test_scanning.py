@@ -130,3 +130,9 @@ def test_an_inadequate_field_is_left_out_before_any_tile_is_detected():
     result, detector = scan(blank, RED_CELL_UM / 130, detector, adequacy=True)
     assert result.left_out is not None and result.left_out.value == "too_thin"
     assert len(result.boxes) == 0 and detector.inputs == 0
+
+
+def test_a_blank_field_without_spacing_is_left_out_as_too_thin_not_refused():
+    blank = Image.new("RGB", (900, 700), SLIDE)
+    result, _ = scan(blank, 0.0, adequacy=True)
+    assert result.scale is None and result.left_out.value == "too_thin"
