@@ -54,12 +54,13 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 DEADLINE_SLACK_S = 0.25
 
 
-def _ended_by_cancel(context: grpc.aio.ServicerContext) -> str:
+def _ended_by_cancel(call: _Call) -> str:
     """The code a call cancelled under us ended with: its deadline passed, or the client went away.
     When the client's own deadline fires first it cancels the stream a moment before the server's
     copy of the deadline (the two clocks differ by tens of ms): that is still the deadline."""
-    remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
+    if call.deadline is not None and time.monotonic() >= call.deadline - DEADLINE_SLACK_S:
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED"
 
 
 def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
@@ -78,8 +79,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
             # Model calls made for this RPC take no longer than its caller waits (inference/triton.py).
-            remaining = context.time_remaining()
-            CALLER_DEADLINE.set(time.monotonic() + remaining if remaining is not None else None)
+            CALLER_DEADLINE.set(call.deadline)
             call.principal = self.auth.authenticate(context)
             structlog.contextvars.bind_contextvars(client_id=call.principal.client_id)
             if role is not None:
@@ -108,7 +108,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
             written = self.audit.submit(principal.client_id if principal else "", principal.org if principal else "",
                                         method, call.code, request_id=bound.get("request_id", ""),
                                         case_ref=bound.get("case_ref", ""), report_id=bound.get("report_id", ""),
-                                        peer=context.peer() or "")
+                                        peer=call.peer)
             structlog.contextvars.clear_contextvars()
             # Wait for the row so that it exists when the caller has its answer; if this task is
             # cancelled again meanwhile, the worker still writes it.
@@ -117,7 +117,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
         if streaming:
             @functools.wraps(fn)
             async def stream_wrapper(self, request_iterator, context):
-                call = _Call()
+                call = _Call(context)
                 try:
                     try:
                         _enter(self, context, call)
@@ -128,7 +128,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
                     except Exception as exc:
                         await _fail(self, context, call, exc)
                 except (asyncio.CancelledError, GeneratorExit):
-                    call.code = _ended_by_cancel(context)
+                    call.code = _ended_by_cancel(call)
                     raise
                 finally:
                     await _end(self, context, call)
@@ -136,7 +136,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
 
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            call = _Call()
+            call = _Call(context)
             try:
                 try:
                     _enter(self, context, call)
@@ -147,7 +147,7 @@ def rpc(method: str, role: Role | None, streaming: bool = False) -> Callable:
                     await _fail(self, context, call, exc)
                     raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
             except asyncio.CancelledError:
-                call.code = _ended_by_cancel(context)
+                call.code = _ended_by_cancel(call)
                 raise
             finally:
                 await _end(self, context, call)
@@ -169,9 +169,14 @@ async def _each_decoded(request_iterator):
 
 
 class _Call:
-    """What one call's ``finally`` needs: who called, how it ended, whether it holds a slot."""
+    """What one call's ``finally`` needs: who called, how it ended, whether it holds a slot.
+    The peer and the deadline are read from the context at once: once grpc has cancelled a call,
+    its context must not be asked (``peer()`` on a cancelled aio call crashed the process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.peer = context.peer() or ""
+        remaining = context.time_remaining()
+        self.deadline = time.monotonic() + remaining if remaining is not None else None
         self.start = time.perf_counter()
         self.principal = None
         self.holds_slot = False

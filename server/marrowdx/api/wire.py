@@ -97,12 +97,13 @@ class AuditOpenMethods(grpc.aio.ServerInterceptor):
             return handler._replace(stream_stream=self._stream(handler.stream_stream, method, request_id))
         return handler
 
-    async def _record(self, context, method: str, request_id: str, code: str) -> None:
-        await asyncio.shield(self.audit.submit("", "", method, code, request_id=request_id, peer=context.peer() or ""))
+    async def _record(self, peer: str, method: str, request_id: str, code: str) -> None:
+        await asyncio.shield(self.audit.submit("", "", method, code, request_id=request_id, peer=peer))
 
     def _unary(self, behaviour, method: str, request_id: str):
         async def audited(request, context):
             code = "UNKNOWN"
+            peer = context.peer() or ""  # now: a cancelled call's context must not be asked
             try:
                 response = await behaviour(request, context)
                 code = "OK"
@@ -114,7 +115,7 @@ class AuditOpenMethods(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             finally:
-                await self._record(context, method, request_id, code)
+                await self._record(peer, method, request_id, code)
         return audited
 
     def _stream(self, behaviour, method: str, request_id: str):
@@ -123,6 +124,7 @@ class AuditOpenMethods(grpc.aio.ServerInterceptor):
 
         async def audited(request, context):
             code = "UNKNOWN"
+            peer = context.peer() or ""
             try:
                 async for item in behaviour(request, context):
                     yield item
@@ -134,7 +136,7 @@ class AuditOpenMethods(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             finally:
-                await self._record(context, method, request_id, code)
+                await self._record(peer, method, request_id, code)
         return audited
 
 
