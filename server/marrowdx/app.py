@@ -24,14 +24,14 @@ from marrowdx.domain.report import ModelVersions
 from marrowdx.domain.taxonomy import default_taxonomy
 from marrowdx.imaging.decode import Limits
 from marrowdx.inference.launcher import ManagedTriton, start_triton
+from marrowdx.inference.pool import TritonPool, is_pool, split_urls
 from marrowdx.inference.triton import ModelError, TritonModels, TritonTLS
 from marrowdx.pipeline import Pipeline
 from marrowdx.security.access import ClientRegistry
 from marrowdx.security.policy import LOOPBACK_HOSTS, exposure_problems
 from marrowdx.service import MarrowService
 from marrowdx.settings import Settings
-from marrowdx.store.audit import AuditLog
-from marrowdx.store.sqlite import ReportStore
+from marrowdx.store import AuditLog, ReportStore, open_stores
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
@@ -40,7 +40,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
 @dataclass
 class Runtime:
     settings: Settings
-    models: TritonModels
+    models: TritonModels | TritonPool
     service: MarrowService
     store: ReportStore
     audit: AuditLog
@@ -114,7 +114,11 @@ async def start_runtime(settings: Settings) -> Runtime:
     if not url:
         triton = await start_managed_triton(settings)
         url = triton.url
-    models = TritonModels(url, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight, tls)
+    def connect(endpoint: str) -> TritonModels:
+        return TritonModels(endpoint, settings.triton_timeout_s, settings.classify_batch, settings.classify_in_flight,
+                            tls)
+
+    models = TritonPool(split_urls(url), connect) if is_pool(url) else connect(url)
     try:
         await models.load_contract(taxonomy.version, taxonomy.codes, taxonomy.detector_categories)
     except BaseException:
@@ -133,8 +137,15 @@ async def start_runtime(settings: Settings) -> Runtime:
     def versions() -> ModelVersions:
         return ModelVersions(models.detector.version, models.classifier.version, taxonomy.version, rules.version)
 
-    store = ReportStore(settings.database_path)
-    audit = AuditLog(settings.audit_path)
+    try:
+        store, audit = await asyncio.to_thread(
+            open_stores, settings.database if settings.database_is_postgres else settings.database_path,
+            settings.audit_path)
+    except BaseException:
+        await models.close()
+        if triton:
+            triton.stop()
+        raise
     service = MarrowService(pipeline, store, taxonomy, rules, trained, versions, thresholds,
                             field_concurrency=settings.field_concurrency)
     log.info("runtime.ready", triton=url, managed=triton is not None, detector=models.detector.version,

@@ -221,10 +221,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from marrowdx.store.audit import AuditLog
 
     settings = _settings(args)
-    if not settings.audit_path.exists():
+    if settings.database_is_postgres:
+        from marrowdx.store.postgres import PostgresAuditLog
+
+        audit = PostgresAuditLog(settings.database)
+    elif not settings.audit_path.exists():
         print(f"no audit log at {settings.audit_path}", file=sys.stderr)
         return 1
-    audit = AuditLog(settings.audit_path)
+    else:
+        audit = AuditLog(settings.audit_path)
     for entry in audit.recent(args.limit):
         print(json.dumps(dataclasses.asdict(entry)) if args.json else
               f"{entry.at} {entry.client_id or '-'}@{entry.org or '-'} {entry.method} {entry.outcome} "
@@ -234,6 +239,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
+    if args.distributed:
+        from marrowdx.faults_distributed import main_distributed
+
+        return main_distributed(args.duration, args.json, _settings(args), args.state_dir)
     from marrowdx.faults import main_faults
 
     return main_faults(args.duration, args.json, _settings(args), args.state_dir)
@@ -268,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--triton-key", type=Path, help="its key")
         p.add_argument("--model-repository", type=Path)
         p.add_argument("--state-dir", type=Path, help="Triton backend folder, logs and the default database")
-        p.add_argument("--database", type=Path, help="SQLite file for reports")
+        p.add_argument("--database", help="SQLite file for reports, or postgresql://USER@HOST:PORT/DB shared by "
+                                          "replicas (password from PGPASSWORD)")
 
     p = sub.add_parser("serve", help="run Triton and the gRPC front service")
     p.add_argument("--host")
@@ -366,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.add_argument("--state-dir", type=Path)
-    p.add_argument("--database", type=Path)
+    p.add_argument("--database", help="SQLite file, or postgresql://... URL")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("faults", help="load with injected faults (kill Triton, kill -9 the service, bad input); "
@@ -374,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=120.0, help="seconds of load (bounded)")
     p.add_argument("--json")
     p.add_argument("--state-dir", type=Path, help="where the run keeps its database and logs (default: a temp dir)")
+    p.add_argument("--distributed", action="store_true",
+                   help="PostgreSQL, two tritonservers and two front replicas; kill -9 one of each (docs/reliability.md)")
     p.set_defaults(func=cmd_faults)
 
     p = sub.add_parser("demo", help="diagnose the bundled sample case end to end")

@@ -43,7 +43,9 @@ class Settings:
     max_crops_per_request: int = 2048
     max_images_per_case: int = 2000
     # models / Triton
-    triton_url: str = ""  # empty: start the bundled tritonserver
+    # Empty: start the bundled tritonserver. Several, comma-separated, or dns:///NAME:PORT (every
+    # address of NAME): the front balances over them and fails over (inference/pool.py).
+    triton_url: str = ""
     model_repository: Path = field(default_factory=_default_repository)
     state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var")
     # The most one model call may take; a caller's deadline, when nearer, shortens it (inference/triton.py).
@@ -67,7 +69,10 @@ class Settings:
     # (No target_count: a case's default target is the rule set's default_target_count.)
     top_k: int = 3
     # storage
-    database: Path | None = None  # default: state_dir / reports.sqlite3
+    # A SQLite file (default: state_dir / reports.sqlite3; the audit log beside it), or a
+    # postgresql://USER@HOST:PORT/DB URL that several front replicas share (reports and audit log
+    # there; the password from PGPASSWORD/PGPASSFILE, never the URL): docs/scaling.md.
+    database: str | Path | None = None
     log_level: str = "info"
     log_json: bool = True
 
@@ -83,8 +88,13 @@ class Settings:
         return bool(self.triton_tls or self.triton_ca or self.triton_cert or self.triton_key)
 
     @property
+    def database_is_postgres(self) -> bool:
+        return isinstance(self.database, str) and self.database.startswith(("postgresql://", "postgres://"))
+
+    @property
     def database_path(self) -> Path:
-        return self.database or self.state_dir / "reports.sqlite3"
+        """The SQLite file (meaningless for a PostgreSQL database)."""
+        return Path(self.database) if self.database else self.state_dir / "reports.sqlite3"
 
     @property
     def audit_path(self) -> Path:

@@ -14,6 +14,7 @@ from marrowdx.imaging.decode import ImageError
 from marrowdx.inference.triton import ModelError, ModelTimeout, ModelUnavailable
 from marrowdx.security.access import AccessDenied, NotAuthenticated
 from marrowdx.service import RequestConflict
+from marrowdx.store.base import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,9 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, ModelUnavailable):
         return _status(code_pb2.UNAVAILABLE, str(exc), error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
+    if isinstance(exc, StoreUnavailable):  # the database is restarting or failing over: resend
+        return _status(code_pb2.UNAVAILABLE, f"report store unavailable: {exc}",
+                       error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
     if isinstance(exc, ModelError):
         return _status(code_pb2.UNAVAILABLE, str(exc))
     error_id = uuid.uuid4().hex[:12]
