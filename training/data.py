@@ -55,6 +55,26 @@ def index_crops(root: Path, dataset: str, taxonomy: Taxonomy) -> list[CropItem]:
     return items
 
 
+def trained_classes_of(target_sets: list[tuple[str, ...]], minimum: int = 1) -> list[str]:
+    """Classes a training set teaches: those with at least ``minimum`` examples labelled that
+    class alone, and those a set-valued label teaches because every other class of its set is
+    taught alone (Matek's not-identifiable cells, uncountable or smudge, teach 'uncountable'). A
+    class met only beside untrained alternatives, such as the possible lineages of a Matek blast,
+    is not trained: the model never learnt to tell it from them."""
+    single: dict[str, int] = {}
+    for targets in target_sets:
+        if len(targets) == 1:
+            single[targets[0]] = single.get(targets[0], 0) + 1
+    trained = {c for c, n in single.items() if n >= minimum}
+    taught: dict[str, int] = {}
+    for targets in target_sets:
+        if len(targets) > 1:
+            for c in targets:
+                if all(o in trained for o in targets if o != c):
+                    taught[c] = taught.get(c, 0) + 1
+    return sorted(trained | {c for c, n in taught.items() if n >= minimum})
+
+
 def rows_by_class(items: list[CropItem]) -> dict[tuple[str, str], list[int]]:
     """Row numbers of the crops of each (dataset, label folder), in listing order."""
     groups: dict[tuple[str, str], list[int]] = {}

@@ -29,6 +29,7 @@ from training.augment import served_batches
 from training.data import DEFAULT_DATA_ROOT, index_crops
 from training.models import CellClassifier, CellDetector, ClassifierEnsemble, DihedralAverage, load_classifier
 from training.train_classifier import DEFAULT_CROP_SIZE, fit_temperature, load_split, target_mask
+from training.train_detector import load_detector_state
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.tta:
         refit_temperature(classifier, args.data, taxonomy, crop_size)
     detector = CellDetector(len(taxonomy.detector_categories))
-    detector.load_state_dict(torch.load(args.detector, map_location="cpu"))
+    detector.load_state_dict(load_detector_state(args.detector))
     detector.eval()
 
     crops = torch.from_numpy(np.load(args.example_crops) if args.example_crops else sample_crops(crop_size))

@@ -47,6 +47,25 @@ class PixelNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+class ResidualHead(nn.Module):
+    """A linear head plus a small MLP that adds to the logits of some classes only.
+
+    The linear part keeps the classes an earlier head learnt (their rows can stay exactly
+    as they were); the MLP lets the new classes draw boundaries a linear head cannot, such
+    as a lymphoblast against a hematogone in the same laboratory's fields.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.base = nn.Linear(in_features, num_classes)
+        self.extra = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+        self.register_buffer("extra_mask", torch.zeros(num_classes))
+        self.in_features, self.out_features = in_features, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.extra(x) * self.extra_mask
+
+
 class CellClassifier(nn.Module):
     """Small ResNet for S x S cell crops; returns calibrated probabilities.
 
@@ -57,7 +76,7 @@ class CellClassifier(nn.Module):
     unless training.crossfit --class-bias set it.
     """
 
-    def __init__(self, num_classes: int, width: int = 32) -> None:
+    def __init__(self, num_classes: int, width: int = 32, head_hidden: int = 0) -> None:
         super().__init__()
         w = self.width = width
         self.norm = PixelNorm()
@@ -73,7 +92,7 @@ class CellClassifier(nn.Module):
             nn.Flatten(),
         )
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(8 * w, num_classes)
+        self.head: nn.Module = ResidualHead(8 * w, num_classes, head_hidden) if head_hidden else nn.Linear(8 * w, num_classes)
         self.register_buffer("temperature", torch.ones(1))
         self.register_buffer("class_bias", torch.zeros(num_classes))
 
@@ -86,7 +105,8 @@ class CellClassifier(nn.Module):
 
 def load_classifier(state_dict: dict[str, torch.Tensor], num_classes: int) -> CellClassifier:
     """A CellClassifier of the width the weights were trained at (the stem's output channels)."""
-    model = CellClassifier(num_classes, width=state_dict["features.0.0.weight"].shape[0])
+    hidden = state_dict["head.extra.0.weight"].shape[0] if "head.extra.0.weight" in state_dict else 0
+    model = CellClassifier(num_classes, width=state_dict["features.0.0.weight"].shape[0], head_hidden=hidden)
     # Runs from before class_bias existed carry none: theirs is zero.
     model.load_state_dict({"class_bias": model.class_bias, **state_dict})
     return model

@@ -40,6 +40,7 @@ from training.data import (
     index_crops,
     load_crop_cache,
     rows_by_class,
+    trained_classes_of,
     training_arguments,
 )
 from training.ema import WeightAverage
@@ -354,7 +355,7 @@ def train(args: argparse.Namespace) -> dict:
                "label_smoothing": args.label_smoothing,
                "dataset_weights": dataset_weights, "train_fractions": train_fractions,
                "train_crops": len(train_items), "crop_size": args.crop_size, "datasets": list(datasets),
-               "trained_classes": sorted({c for item in train_items for c in item.targets})}
+               "trained_classes": trained_classes_of([item.targets for item in train_items])}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary

@@ -30,10 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from marrowdx.domain.cells import Exclusion, Thresholds, call_from_probabilities
 from marrowdx.domain.counting import wilson_interval
 from marrowdx.domain.taxonomy import Taxonomy, load_taxonomy
+from training.data import trained_classes_of
 from training.lineage_data import patient_folds
 from training.lineage_features import load_backbone
+from training.models import ResidualHead
 
 FOLDS = 5
 EVAL_VIEWS = (0, 1)
@@ -54,47 +57,95 @@ def set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~mask, -1e9), 1)
 
 
+def group_of(m: dict) -> tuple[str, str]:
+    """The group a cell's weight is shared in: its source and label, except that Aria's three
+    ALL subtypes are one group, so benign fields weigh as much as leukaemic ones (the within-
+    source contrast is the one that keeps 'this lab's look' from meaning lymphoblast)."""
+    if m["dataset"] == "aria":
+        return ("aria", "benign" if m["diagnosis"] == "benign" else "all")
+    if m["dataset"] == "deepapl":
+        return ("deepapl", f"{m['label']}/{m['diagnosis']}")
+    return (m["dataset"], m["label"])
+
+
 def group_weights(meta: list[dict], rows: np.ndarray, power: float = 0.5) -> torch.Tensor:
-    """Each (source, label) group weighs count**(1 - power) in all: large groups do not drown
+    """Each group (``group_of``) weighs count**(1 - power) in all: large groups do not drown
     the lineage classes, which have hundreds of cells where others have thousands."""
-    groups = Counter((meta[r]["dataset"], meta[r]["label"]) for r in rows)
-    w = torch.tensor([groups[(meta[r]["dataset"], meta[r]["label"])] ** -power for r in rows], dtype=torch.float32)
+    groups = Counter(group_of(meta[r]) for r in rows)
+    w = torch.tensor([groups[group_of(meta[r])] ** -power for r in rows], dtype=torch.float32)
     return w * (len(rows) / w.sum())
 
 
 def fit_head(features: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, init_w: torch.Tensor,
              init_b: torch.Tensor, pull: float = 1e-3, epochs: int = 12, lr: float = 3e-3, batch: int = 2048,
-             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train a linear head on N x V x D features (every view is a sample) with the set NLL."""
+             seed: int = 0, frozen: torch.Tensor | None = None, hidden: int = 0,
+             learn: torch.Tensor | None = None) -> ResidualHead:
+    """Train a head on N x V x D features (every view is a sample) with the set NLL.
+
+    The linear part starts from the old head and is pulled towards it; ``frozen`` (C
+    booleans) keeps those classes' rows exactly as they were, so the classes the old head
+    knew stay as calibrated. With ``hidden`` > 0 a small MLP adds to the logits of the
+    ``learn`` classes only (it starts at zero, so training starts from the old head)."""
     n, views, d = features.shape
     x = features.reshape(n * views, d)
     y = mask.repeat_interleave(views, 0)
     w = weights.repeat_interleave(views, 0)
-    weight = init_w.clone().requires_grad_(True)
-    bias = init_b.clone().requires_grad_(True)
-    opt = torch.optim.Adam([weight, bias], lr=lr)
+    torch.manual_seed(seed)
+    head = ResidualHead(d, init_w.shape[0], max(1, hidden))
+    with torch.no_grad():
+        head.base.weight.copy_(init_w)
+        head.base.bias.copy_(init_b)
+        head.extra[2].weight.zero_()
+        head.extra[2].bias.zero_()
+        if hidden and learn is not None:
+            head.extra_mask.copy_(learn.float())
+    params = [head.base.weight, head.base.bias] + (list(head.extra.parameters()) if hidden else [])
+    opt = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    head.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch):
             idx = order[start : start + batch]
             # Feature dropout: the head must not lean on a few channels (a lab's colour, say).
             xb = F.dropout(x[idx], 0.2, training=True)
-            loss = (set_nll(xb @ weight.T + bias, y[idx]) * w[idx]).mean()
-            loss = loss + pull * ((weight - init_w) ** 2).sum()
+            loss = (set_nll(head(xb), y[idx]) * w[idx]).mean()
+            loss = loss + pull * ((head.base.weight - init_w) ** 2).sum()
+            if hidden:
+                loss = loss + 1e-4 * sum((q**2).sum() for q in head.extra.parameters())
             opt.zero_grad()
             loss.backward()
+            if frozen is not None:
+                head.base.weight.grad[frozen] = 0
+                head.base.bias.grad[frozen] = 0
             opt.step()
             sched.step()
-    return weight.detach(), bias.detach()
+    with torch.no_grad():
+        if frozen is not None:  # Adam's momentum never moved them, but say so exactly
+            head.base.weight[frozen], head.base.bias[frozen] = init_w[frozen], init_b[frozen]
+    return head.eval()
 
 
-def predict(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, temperature: float = 1.0,
+@torch.no_grad()
+def linear_head(weight: torch.Tensor, bias: torch.Tensor) -> ResidualHead:
+    """A head that is just these linear rows (the old head, to compare against)."""
+    head = ResidualHead(weight.shape[1], weight.shape[0], 1)
+    head.base.weight.copy_(weight)
+    head.base.bias.copy_(bias)
+    return head.eval()
+
+
+@torch.no_grad()
+def view_logits(features: torch.Tensor, head: ResidualHead, views: tuple[int, ...] = EVAL_VIEWS) -> torch.Tensor:
+    return torch.stack([head(features[:, v]) for v in views])
+
+
+def predict(features: torch.Tensor, head: ResidualHead, temperature: float = 1.0,
             views: tuple[int, ...] = EVAL_VIEWS) -> torch.Tensor:
     """Log of the mean probability over the evaluation views: N x C."""
-    logits = torch.stack([features[:, v] @ weight.T + bias for v in views]) / temperature
+    logits = view_logits(features, head, views) / temperature
     return torch.logsumexp(F.log_softmax(logits, 2), 0) - math.log(len(views))
 
 
@@ -150,20 +201,23 @@ class Evaluator:
         self.blasts = {c.code for c in taxonomy.classes if c.blast_equivalent} | {"blast"}
         self.reject = reject_probability
 
+    def decided(self, log_p: torch.Tensor) -> list[tuple[str, bool]]:
+        """(class, counted) per cell, by the service's own call (marrowdx.domain.cells)."""
+        thresholds = Thresholds(reject_probability=self.reject)
+        out = []
+        for row in log_p.exp().numpy():
+            code, exclusion, _ = call_from_probabilities(row, self.taxonomy, thresholds, 1)
+            out.append((code, exclusion is Exclusion.NONE))
+        return out
+
     def calls(self, log_p: torch.Tensor) -> list[str | None]:
         """The class each cell is counted as, or None when it is not counted (an
         uncountable class, or a best probability under the reject threshold)."""
-        p = log_p.exp()
-        best, index = p.max(1)
-        out: list[str | None] = []
-        for b, i in zip(best.tolist(), index.tolist(), strict=True):
-            code = self.codes[i]
-            out.append(code if code in self.countable and b >= self.reject else None)
-        return out
+        return [code if counted else None for code, counted in self.decided(log_p)]
 
     def crop_metrics(self, meta: list[dict], log_p: torch.Tensor, dataset: str) -> dict:
         """Accuracy and macro-F1 in the dataset's own labels (any blast class is right for Matek BLA)."""
-        pred_codes = [self.codes[i] for i in log_p.argmax(1).tolist()]
+        pred_codes = [code for code, _ in self.decided(log_p)]
         true = [m["label"] for m in meta]
         pred = [self._dataset_label(dataset, m, c) for m, c in zip(meta, pred_codes, strict=True)]
         acc = float(np.mean([t == p for t, p in zip(true, pred, strict=True)]))
@@ -281,9 +335,16 @@ def patient_figures(patients: list[dict], threshold: float) -> dict:
     return out
 
 
-def load_features(path: Path) -> tuple[torch.Tensor, list[dict]]:
+def load_features(path: Path, taxonomy: Taxonomy | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """Features and their cells. With a taxonomy, the crop folders' targets are read again from
+    its label maps (they may have changed since the features were computed; the pixels did not)."""
     data = np.load(path)
-    return torch.from_numpy(data["features"].astype(np.float32)), json.loads(str(data["meta"]))
+    meta = json.loads(str(data["meta"]))
+    if taxonomy is not None:
+        for m in meta:
+            if m["dataset"] in ("matek", "pbc"):
+                m["targets"] = list(taxonomy.dataset_targets(m["dataset"], m["label"], m["key"].rsplit("/", 1)[-1]))
+    return torch.from_numpy(data["features"].astype(np.float32)), meta
 
 
 def initial_head(backbone: Path, taxonomy: Taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,8 +355,11 @@ def initial_head(backbone: Path, taxonomy: Taxonomy) -> tuple[torch.Tensor, torc
     w = torch.zeros(len(taxonomy.codes), model.head.in_features)
     b = torch.full((len(taxonomy.codes),), -4.0)
     for i, code in enumerate(taxonomy.codes):
-        if code in old_codes:
-            j = old_codes.index(code)
+        # A blast now names its lineage: each lineage's blast starts from the old 'blast of any
+        # lineage' row, which itself is no longer a target (it stays at the floor).
+        source = "blast" if code in LINEAGE_BLASTS and code not in ("abnormal_promyelocyte",) else code
+        if source in old_codes and code != "blast":
+            j = old_codes.index(source)
             w[i], b[i] = model.head.weight[j].detach(), model.head.bias[j].detach()
     return w, b
 
@@ -309,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pull", type=float, default=1e-3)
     p.add_argument("--power", type=float, default=0.5)
     p.add_argument("--apl-threshold", type=float, default=0.10)
+    p.add_argument("--freeze-old", action="store_true", help="only the classes in --learn move")
+    p.add_argument("--hidden", type=int, default=0, help="an MLP of this width adds to the --learn classes' logits")
+    p.add_argument("--learn", default="myeloblast,lymphoblast,promonocyte,abnormal_promyelocyte,"
+                   "reactive_lymphocyte,plasma_cell,smudge")
     p.add_argument("--json", type=Path)
     p.add_argument("--out", type=Path, help="also train the served head on every training cell and save it here")
     p.add_argument("--version", help="weights version: write the measured confusion for it (needs --out)")
@@ -317,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     taxonomy = load_taxonomy(args.taxonomy)
-    features, meta = load_features(args.features)
+    features, meta = load_features(args.features, taxonomy)
     mask = target_mask(meta, taxonomy.codes)
     init_w, init_b = initial_head(args.backbone, taxonomy)
     evaluator = Evaluator(taxonomy)
@@ -329,24 +397,40 @@ def main(argv: list[str] | None = None) -> None:
     held_view_logits = {v: torch.zeros(len(meta), len(taxonomy.codes)) for v in EVAL_VIEWS}
     not_deepapl_train = (datasets != "deepapl") & (splits == "train")
 
-    def train_on(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    frozen = None
+    if args.freeze_old:
+        learn = set(args.learn.split(","))
+        frozen = torch.tensor([c not in learn for c in taxonomy.codes])
+
+    learn_mask = torch.tensor([c in set(args.learn.split(",")) for c in taxonomy.codes])
+
+    def train_on(rows: np.ndarray) -> ResidualHead:
         return fit_head(features[rows], mask[rows], group_weights(meta, rows, args.power), init_w, init_b,
-                        pull=args.pull, epochs=args.epochs)
+                        pull=args.pull, epochs=args.epochs, frozen=frozen, hidden=args.hidden, learn=learn_mask)
 
     for k in range(FOLDS):
         rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (fold != k)))
-        weight, bias = train_on(rows)
+        head = train_on(rows)
         scored = np.flatnonzero(fold == k)
         if k == 0:  # the other sources' val and test: from the first fold's head (trained on their train split)
             scored = np.concatenate([scored, np.flatnonzero((datasets != "deepapl") & (splits != "train"))])
-        held_log_p[scored] = predict(features[scored], weight, bias)
-        for v in EVAL_VIEWS:
-            held_view_logits[v][scored] = features[scored, v] @ weight.T + bias
+        held_log_p[scored] = predict(features[scored], head)
+        for v, logits in zip(EVAL_VIEWS, view_logits(features[scored], head), strict=True):
+            held_view_logits[v][scored] = logits
         print(f"fold {k}: trained on {len(rows)} cells, scored {len(scored)} deepapl cells", flush=True)
 
+    # One temperature for the served average, fitted on held-out cells: deepapl's by patient
+    # fold and the other sources' val split (the heads that scored them never saw them); the
+    # figures below read the held-out cells at that temperature, as the service would.
+    val_rows = np.flatnonzero((datasets == "deepapl") | (splits == "val"))
+    stacked = torch.stack([held_view_logits[v] for v in EVAL_VIEWS])
+    temperature = fit_temperature(stacked[:, val_rows], mask[val_rows])
+    held_log_p = torch.logsumexp(F.log_softmax(stacked / temperature, 2), 0) - math.log(len(EVAL_VIEWS))
     report: dict = {"features": str(args.features), "taxonomy": taxonomy.version, "epochs": args.epochs,
+                    "temperature": round(temperature, 4), "hidden": args.hidden, "learn": args.learn,
+                    "freeze_old": args.freeze_old,
                     "pull": args.pull, "power": args.power, "eval_views": list(EVAL_VIEWS)}
-    old_log_p = predict(features, init_w, init_b)
+    old_log_p = predict(features, linear_head(init_w, init_b))
     for split in ("val", "test"):
         for dataset in ("matek", "pbc"):
             rows = np.flatnonzero((datasets == dataset) & (splits == split))
@@ -365,16 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         # The served head leaves deepapl's test patients out (split by patient): the service-level
         # checks (tests/integration/test_lineage_cases.py) run on patients it never saw.
         rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (splits != "test")))
-        weight, bias = train_on(rows)
-        # One temperature for the served average, fitted on held-out cells: deepapl's by patient
-        # fold and the other sources' val split (the heads that scored them never saw them).
-        val_rows = np.flatnonzero((datasets == "deepapl") | (splits == "val"))
-        report["temperature"] = round(fit_temperature(torch.stack(
-            [torch.log_softmax(held_view_logits[v][val_rows], 1) for v in range(len(EVAL_VIEWS))]),
-            mask[val_rows]), 4)
-        save_head_run(args.out, args.backbone, taxonomy, weight, bias, meta, rows, report)
+        save_head_run(args.out, args.backbone, taxonomy, train_on(rows), meta, rows, report)
         if args.version:
-            val_rows = np.flatnonzero((datasets == "deepapl") | (splits == "val"))
             confusion = confusion_counts([meta[r] for r in val_rows], held_log_p[val_rows], taxonomy)
             path = Path(args.confusion_dir) / f"{args.version}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,23 +492,21 @@ def confusion_counts(meta: list[dict], log_p: torch.Tensor, taxonomy: Taxonomy) 
 
 
 def trained_classes(meta: list[dict], rows: np.ndarray, minimum: int = 20) -> list[str]:
-    """Classes with at least ``minimum`` training cells labelled that class alone, plus 'blast',
-    which Matek's blasts of unknown lineage train inside their set."""
-    single = Counter(meta[r]["targets"][0] for r in rows if len(meta[r]["targets"]) == 1)
-    return sorted({c for c, n in single.items() if n >= minimum} | {"blast"})
+    return trained_classes_of([tuple(meta[r]["targets"]) for r in rows], minimum)
 
 
-def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, weight: torch.Tensor, bias: torch.Tensor,
-                  meta: list[dict], rows: np.ndarray, report: dict) -> None:
+def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, head: ResidualHead, meta: list[dict],
+                  rows: np.ndarray, report: dict) -> None:
     """A checkpoint export.py reads (the backbone with the new head) and its summary.json."""
     from training.models import CellClassifier
 
     model = load_backbone(backbone)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.") and k != "class_bias"}
-    state["head.weight"], state["head.bias"] = weight, bias
+    state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     state["class_bias"] = torch.zeros(len(taxonomy.codes))
     state["temperature"] = torch.tensor([float(report.get("temperature", 1.0))])
-    CellClassifier(len(taxonomy.codes), width=model.width).load_state_dict(state)  # refuses a wrong shape
+    hidden = head.extra[0].out_features
+    CellClassifier(len(taxonomy.codes), width=model.width, head_hidden=hidden).load_state_dict(state)  # shapes
     out.mkdir(parents=True, exist_ok=True)
     torch.save(state, out / "best.pt")
     sources = Counter(meta[r]["dataset"] for r in rows)
@@ -441,6 +515,7 @@ def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, weight: torch.T
         "trained_classes": trained_classes(meta, rows), "trained_on": dict(sorted(sources.items())),
         "cells_per_class": dict(sorted(Counter("|".join(meta[r]["targets"]) for r in rows).items())),
         "epochs": report["epochs"], "pull": report["pull"], "power": report["power"],
+        "hidden": report.get("hidden"), "learn": report.get("learn"),
         "temperature": report.get("temperature"),
         "temperature_fitted_on": "held-out cells: deepapl by patient fold, the val split of the other sources",
     }, indent=1) + "\n")

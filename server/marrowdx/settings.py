@@ -62,12 +62,21 @@ class Settings:
     classify_batch: int = 32
     classify_in_flight: int = 2
     # counting and thresholds
-    detection_score: float = 0.31  # lowest with precision >= 0.98 on TXL-PBC *train* fields (training.choose_threshold)
+    # Detector 2026.12.02a: the threshold keeping TXL-PBC *train* white-cell recall >= 0.97 at the best
+    # train precision (0.959 at 0.36); no threshold reaches 0.98 train precision with it (docs/model-card.md).
+    detection_score: float = 0.36
     reject_probability: float = 0.5
     overlap_iou: float = 0.25
     duplicate_iou: float = 0.5
     # (No target_count: a case's default target is the rule set's default_target_count.)
     top_k: int = 3
+    # Any lab's images (docs/any-lab.md): each field at the detector's physical scale (from its
+    # pixel_spacing_um or its red cells), tiled with this overlap, inadequate fields left out;
+    # crops re-framed around their cell (off by default: it costs marrow crops accuracy).
+    physical_scale: bool = True
+    tile_overlap_px: int = 160
+    field_adequacy: bool = True
+    frame_crops: bool = False
     # storage
     # A SQLite file (default: state_dir / reports.sqlite3; the audit log beside it), or a
     # postgresql://USER@HOST:PORT/DB URL that several front replicas share (reports and audit log

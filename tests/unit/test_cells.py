@@ -82,3 +82,21 @@ def test_kept_detections_applies_the_score_then_drops_duplicates():
     boxes = np.array([[100, 100, 160, 160], [104, 102, 162, 158], [200, 200, 240, 240], [10, 10, 30, 30]], np.float32)
     scores = np.array([0.6, 0.9, 0.7, 0.1], np.float32)
     assert kept_detections(boxes, scores, Thresholds(detection_score=0.25)).tolist() == [1, 2]
+
+def test_a_blast_whose_lineage_the_model_splits_is_counted_as_its_likeliest_lineage():
+    tax = TAX
+    p = np.zeros(len(tax.codes))
+    p[tax.index("myeloblast")], p[tax.index("lymphoblast")], p[tax.index("lymphocyte")] = 0.36, 0.34, 0.30
+    code, exclusion, _ = call_from_probabilities(p, tax, T, 3)
+    assert (code, exclusion) == ("myeloblast", Exclusion.NONE)  # 0.70 a blast, though no lineage reaches 0.5
+
+
+def test_a_class_beating_every_blast_together_wins_and_a_weak_blast_group_is_rejected():
+    tax = TAX
+    p = np.zeros(len(tax.codes))
+    p[tax.index("myeloblast")], p[tax.index("lymphoblast")], p[tax.index("lymphocyte")] = 0.2, 0.2, 0.6
+    assert call_from_probabilities(p, tax, T, 3)[:2] == ("lymphocyte", Exclusion.NONE)
+    p = np.zeros(len(tax.codes))
+    p[tax.index("myeloblast")], p[tax.index("monocyte")], p[tax.index("lymphocyte")] = 0.45, 0.3, 0.25
+    assert call_from_probabilities(p, tax, T, 3)[:2] == ("myeloblast", Exclusion.LOW_CONFIDENCE)
+

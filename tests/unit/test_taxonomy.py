@@ -22,12 +22,24 @@ def test_carries_the_classes_the_diagnosis_needs():
 
 
 def test_blast_equivalents():
-    assert TAX.blast_codes == {"myeloblast", "lymphoblast", "blast", "abnormal_promyelocyte", "megakaryoblast"}
+    # WHO/ICC count monoblasts and promonocytes as blast equivalents (taxonomy 2026.12-1).
+    assert TAX.blast_codes == {"myeloblast", "lymphoblast", "blast", "abnormal_promyelocyte", "megakaryoblast",
+                               "monoblast", "promonocyte"}
+
+
+def test_new_classes_are_appended_so_the_old_output_order_holds():
+    assert TAX.codes[:3] == ("myeloblast", "lymphoblast", "blast")
+    assert TAX.codes[-4:] == ("promonocyte", "monoblast", "reactive_lymphocyte", "smudge")
+    assert not TAX.by_code("smudge").countable
 
 
 @pytest.mark.parametrize(("dataset", "folder", "filename", "expected"), [
-    ("matek", "BLA", "BLA_00001.jpg", ("blast",)),
-    ("matek", "NIF", "NIF_00001.jpg", ("uncountable",)),
+    # A Matek blast is a blast of some lineage; a not-identifiable cell may be a smudge.
+    ("matek", "BLA", "BLA_00001.jpg", ("myeloblast", "lymphoblast", "promonocyte", "monoblast", "megakaryoblast")),
+    ("matek", "NIF", "NIF_00001.jpg", ("uncountable", "smudge")),
+    ("aria", "benign", "WBC-Benign-001.jpg", ("lymphocyte", "reactive_lymphocyte", "segmented_neutrophil",
+                                              "band_neutrophil", "monocyte", "eosinophil", "basophil",
+                                              "erythroblast")),
     ("pbc", "ig", "MY_1234.jpg", ("myelocyte",)),
     ("pbc", "ig", "PMY_1.jpg", ("promyelocyte",)),
     ("pbc", "ig", "IG_77.jpg", ("promyelocyte", "myelocyte", "metamyelocyte")),  # coarse label
@@ -43,6 +55,8 @@ def test_predictions_are_scored_at_the_dataset_granularity():
     assert TAX.dataset_label_of("matek", "segmented_neutrophil") == "NGS"
     assert TAX.dataset_label_of("matek", "basophil") == "BAS"
     assert TAX.dataset_label_of("pbc", "lymphoblast") == "other"
+    assert TAX.dataset_label_of("matek", "myeloblast") == "BLA"  # any lineage's blast is right for BLA
+    assert TAX.dataset_label_of("matek", "smudge") == "NIF"
 
 
 def test_unknown_folder_is_refused():
