@@ -33,11 +33,18 @@ from training.lineage_data import SOURCES, Cell, all_cells, load_crops
 from training.models import CellClassifier, load_classifier
 
 VIEWS = 4
+# The frozen backbone: the 2026.11.27g classifier (its TorchScript export). Since 2026.12.02a the
+# repository serves the lineage head, so take it from history first:
+#   mkdir -p var/lineage/backbone-2026.11.27g/1 && git show 7272dd6:model_repository/variants/gpu-libtorch/\
+#     classifier/1/model.pt > var/lineage/backbone-2026.11.27g/1/model.pt
+BACKBONE = Path("var/lineage/backbone-2026.11.27g/1/model.pt")
 
 
 def load_backbone(path: Path) -> CellClassifier:
     """The classifier of a TorchScript export (DihedralAverage around it) or of a checkpoint,
     with as many outputs as its head has."""
+    if not path.exists():
+        raise SystemExit(f"no backbone at {path}: see BACKBONE in training/lineage_features.py")
     if path.suffix == ".pt" and path.parent.name == "1":
         scripted = torch.jit.load(str(path), map_location="cpu")
         state = {k.removeprefix("classifier."): v for k, v in scripted.state_dict().items()}
@@ -79,7 +86,7 @@ def pooled_features(model: CellClassifier, crops: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", type=Path, default=Path("model_repository/variants/gpu-libtorch/classifier/1/model.pt"))
+    p.add_argument("--backbone", type=Path, default=BACKBONE)
     p.add_argument("--taxonomy", type=Path, help="taxonomy JSON (default: the packaged one)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--sources", default=",".join(SOURCES))

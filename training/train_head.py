@@ -35,7 +35,7 @@ from marrowdx.domain.counting import wilson_interval
 from marrowdx.domain.taxonomy import Taxonomy, load_taxonomy
 from training.data import trained_classes_of
 from training.lineage_data import patient_folds
-from training.lineage_features import load_backbone
+from training.lineage_features import BACKBONE, load_backbone
 from training.models import ResidualHead
 
 FOLDS = 5
@@ -194,7 +194,9 @@ def auc_interval(scores_pos: list[float], scores_neg: list[float], seed: int = 0
 class Evaluator:
     """Reads the figures the issue names off held-out log-probabilities."""
 
-    def __init__(self, taxonomy: Taxonomy, reject_probability: float = 0.5) -> None:
+    def __init__(self, taxonomy: Taxonomy, reject_probability: float = 0.5,
+                 trained: list[str] | None = None) -> None:
+        self.trained = trained
         self.taxonomy = taxonomy
         self.codes = taxonomy.codes
         self.countable = {c.code for c in taxonomy.classes if c.countable}
@@ -257,6 +259,10 @@ class Evaluator:
         rate("matek_lymphocytes_called_lymphoblast", rows_of[("matek", "LYT")], {"lymphoblast"})
         rate("pbc_lymphocytes_called_lymphoblast", rows_of[("pbc", "lymphocyte")], {"lymphoblast"})
         rate("segpc_plasma_cells_called_plasma_cell", rows_of[("segpc", "plasma_cell")], {"plasma_cell"})
+        # A class no data trains must never be what a cell is counted as.
+        if self.trained is not None:
+            rate("all_held_out_called_an_untrained_class", list(range(len(meta))),
+                 set(self.codes) - set(self.trained))
         return out
 
     def patients(self, meta: list[dict], log_p: torch.Tensor) -> list[dict]:
@@ -347,7 +353,7 @@ def load_features(path: Path, taxonomy: Taxonomy | None = None) -> tuple[torch.T
     return torch.from_numpy(data["features"].astype(np.float32)), meta
 
 
-def initial_head(backbone: Path, taxonomy: Taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_head(backbone: Path, taxonomy: Taxonomy, learn: tuple[str, ...] = LINEAGE_BLASTS) -> tuple[torch.Tensor, torch.Tensor]:
     """The old head's rows for the classes it had, zeros (and a low bias) for the new ones.
     Taxonomy versions only append classes, so the old head's K outputs are the first K codes."""
     model = load_backbone(backbone)
@@ -357,7 +363,9 @@ def initial_head(backbone: Path, taxonomy: Taxonomy) -> tuple[torch.Tensor, torc
     for i, code in enumerate(taxonomy.codes):
         # A blast now names its lineage: each lineage's blast starts from the old 'blast of any
         # lineage' row, which itself is no longer a target (it stays at the floor).
-        source = "blast" if code in LINEAGE_BLASTS and code not in ("abnormal_promyelocyte",) else code
+        # Only lineages that will learn start there: an untrained lineage (megakaryoblast, monoblast)
+        # left on the old blast row would take every blast it resembles.
+        source = "blast" if code in LINEAGE_BLASTS and code in learn and code != "abnormal_promyelocyte" else code
         if source in old_codes and code != "blast":
             j = old_codes.index(source)
             w[i], b[i] = model.head.weight[j].detach(), model.head.bias[j].detach()
@@ -368,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features", type=Path)
     p.add_argument("--taxonomy", type=Path)
-    p.add_argument("--backbone", type=Path, default=Path("model_repository/variants/gpu-libtorch/classifier/1/model.pt"))
+    p.add_argument("--backbone", type=Path, default=BACKBONE)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--pull", type=float, default=1e-3)
     p.add_argument("--power", type=float, default=0.5)
@@ -387,8 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     taxonomy = load_taxonomy(args.taxonomy)
     features, meta = load_features(args.features, taxonomy)
     mask = target_mask(meta, taxonomy.codes)
-    init_w, init_b = initial_head(args.backbone, taxonomy)
-    evaluator = Evaluator(taxonomy)
+    init_w, init_b = initial_head(args.backbone, taxonomy, tuple(args.learn.split(",")))
+    train_rows = np.flatnonzero(not_deepapl_train_mask(meta) | np.array([m["dataset"] == "deepapl" for m in meta]))
+    evaluator = Evaluator(taxonomy, trained=trained_classes(meta, train_rows))
     datasets = np.array([m["dataset"] for m in meta])
     splits = np.array([m["split"] for m in meta])
     fold_of = patient_folds([_Row(m) for m in meta], FOLDS)
@@ -475,7 +484,7 @@ def true_class(m: dict) -> str:
     targets = m["targets"]
     if len(targets) == 1:
         return targets[0]
-    if m["dataset"] == "matek":
+    if m["dataset"] == "matek" and m["label"] == "BLA":
         return "blast"
     if m["dataset"] == "deepapl":
         return "myeloblast"
@@ -485,9 +494,10 @@ def true_class(m: dict) -> str:
 
 
 def confusion_counts(meta: list[dict], log_p: torch.Tensor, taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
+    """called[c][t]: cells the service would call c (its own grouped call, counted or not) whose true class is t."""
     called: dict[str, Counter] = defaultdict(Counter)
-    for m, index in zip(meta, log_p.argmax(1).tolist(), strict=True):
-        called[taxonomy.codes[index]][true_class(m)] += 1
+    for m, (code, _) in zip(meta, Evaluator(taxonomy).decided(log_p), strict=True):
+        called[code][true_class(m)] += 1
     return {c: dict(sorted(row.items())) for c, row in sorted(called.items())}
 
 
@@ -520,6 +530,10 @@ def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, head: ResidualH
         "temperature_fitted_on": "held-out cells: deepapl by patient fold, the val split of the other sources",
     }, indent=1) + "\n")
     print(f"wrote {out / 'best.pt'}")
+
+
+def not_deepapl_train_mask(meta: list[dict]) -> np.ndarray:
+    return np.array([m["dataset"] != "deepapl" and m["split"] == "train" for m in meta])
 
 
 class _Row:
