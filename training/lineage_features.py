@@ -35,7 +35,7 @@ from training.models import CellClassifier, load_classifier
 VIEWS = 4
 # The frozen backbone: the 2026.11.27g classifier (its TorchScript export). Since 2026.12.02a the
 # repository serves the lineage head, so take it from history first:
-#   mkdir -p var/lineage/backbone-2026.11.27g/1 && git show 7272dd6:model_repository/variants/gpu-libtorch/\
+#   mkdir -p var/lineage/backbone-2026.11.27g/1 && git show 6f32495:model_repository/variants/gpu-libtorch/\
 #     classifier/1/model.pt > var/lineage/backbone-2026.11.27g/1/model.pt
 BACKBONE = Path("var/lineage/backbone-2026.11.27g/1/model.pt")
 
