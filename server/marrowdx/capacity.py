@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="marrowdx-capacity-") as tmp:
-        result = measure(args.cases, args.concurrency, Path(tmp), Settings().model_repository, args.crop_cases,
+        result = measure(args.cases, args.concurrency, Path(tmp), Settings.from_env().model_repository, args.crop_cases,
                          args.crops_per_case)
     result["command"] = "python -m marrowdx.capacity " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps(result, indent=2))
