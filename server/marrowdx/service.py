@@ -23,6 +23,7 @@ from marrowdx.domain.diagnosis import RuleSet
 from marrowdx.domain.report import CaseInfo, CaseReport, CaseTally, ModelVersions, build_report
 from marrowdx.domain.taxonomy import Taxonomy
 from marrowdx.imaging.decode import ImageError
+from marrowdx.imaging.scale import ScaleUnknown
 from marrowdx.pipeline import FieldResult, ImageInput, Pipeline, StepTimes
 from marrowdx.store.sqlite import ReportStore, StoredReport
 
@@ -87,6 +88,8 @@ class CaseSession:
     streamed: bool = False
     previous: StoredReport | None = None  # this request id's stored report (a stream compares as it goes)
     saturated: list[int] = field(default_factory=list)  # fields (by index) that filled every detector slot
+    # Fields left out of the count (by index), by reason: out_of_focus, too_thin, too_thick, scale_unknown.
+    left_out: dict[str, list[int]] = field(default_factory=dict)
 
 
 class FairSlots:
@@ -189,7 +192,12 @@ class MarrowService:
 
         async def one(offset: int, image: ImageInput) -> FieldResult:
             async with self.field_slots.slot(id(session)):
-                return await self.pipeline.analyze_field(image, first + offset, top_k)
+                try:
+                    return await self.pipeline.analyze_field(image, first + offset, top_k)
+                except ScaleUnknown:
+                    # In a case a field whose scale cannot be had is left out, named, not
+                    # guessed; the case goes on (AnalyzeField alone refuses it).
+                    return FieldResult([], 0, 0, left_out="scale_unknown")
 
         results = await asyncio.gather(*(one(i, im) for i, im in enumerate(images)))
         for offset, result in enumerate(results):
@@ -197,6 +205,8 @@ class MarrowService:
             session.times.add(result.times)
             if result.saturated:
                 session.saturated.append(first + offset)
+            if result.left_out:
+                session.left_out.setdefault(result.left_out, []).append(first + offset)
 
     async def add_crops(self, session: CaseSession, images: Sequence[ImageInput], top_k: int) -> None:
         first = session.tally.images_received
@@ -226,12 +236,20 @@ class MarrowService:
     @staticmethod
     def notes(session: CaseSession) -> list[str]:
         """What the reviewer must complete beyond the rules' own list: fields whose detector
-        output was full (its cells past the last slot were never seen, so not counted)."""
+        output was full (its cells past the last slot were never seen, so not counted), and
+        fields left out of the count as a morphologist would (out of focus, too thin or thick)."""
+        notes = []
+        if session.left_out:
+            indices = sorted(i for found in session.left_out.values() for i in found)
+            reasons = ", ".join(f"{reason} {len(found)}" for reason, found in sorted(session.left_out.items()))
+            shown = ", ".join(f"fields[{i}]" for i in indices[:10]) + (" ..." if len(indices) > 10 else "")
+            notes.append(f"fields_left_out: {len(indices)} of {session.tally.images_received} image(s) not counted "
+                         f"({reasons}): {shown}")
         if not session.saturated:
-            return []
+            return notes
         shown = ", ".join(f"fields[{i}]" for i in session.saturated[:10]) + (" ..." if len(session.saturated) > 10 else "")
-        return [f"detector_saturated: {len(session.saturated)} field(s) filled every detector output slot; cells "
-                f"beyond them were not counted ({shown}): send smaller or less crowded fields"]
+        return notes + [f"detector_saturated: {len(session.saturated)} field(s) filled every detector output slot; "
+                        f"cells beyond them were not counted ({shown}): send smaller or less crowded fields"]
 
     def report(self, session: CaseSession) -> CaseReport:
         t = time.perf_counter()

@@ -43,7 +43,7 @@ def _image(msg: pb.Image, field: str) -> ImageInput:
         raise RequestError(f"{field}.data", "image bytes are missing")
     if msg.pixel_spacing_um < 0:
         raise RequestError(f"{field}.pixel_spacing_um", "must not be negative")
-    return ImageInput(bytes(msg.data), msg.image_id[:128], f"{field}.data")
+    return ImageInput(bytes(msg.data), msg.image_id[:128], f"{field}.data", msg.pixel_spacing_um)
 
 
 class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
