@@ -27,6 +27,7 @@ from marrowdx.inference.launcher import ManagedTriton, start_triton
 from marrowdx.inference.pool import TritonPool, is_pool, split_urls
 from marrowdx.inference.triton import ModelError, TritonModels, TritonTLS
 from marrowdx.pipeline import Pipeline
+from marrowdx.scanning import ScanConfig
 from marrowdx.security.access import ClientRegistry
 from marrowdx.security.policy import LOOPBACK_HOSTS, exposure_problems
 from marrowdx.service import MarrowService
@@ -132,7 +133,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     pipeline = Pipeline(models, taxonomy, thresholds,
                         Limits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side),
                         detector_input=int(params_d["input_size"]), crop_size=int(params_c["crop_size"]),
-                        detector_categories=taxonomy.detector_categories)
+                        detector_categories=taxonomy.detector_categories,
+                        scan=ScanConfig(settings.tile_overlap_px, max(1, models.detector.max_batch_size),
+                                        settings.field_adequacy) if settings.physical_scale else None,
+                        frame_crops=settings.frame_crops)
 
     def versions() -> ModelVersions:
         return ModelVersions(models.detector.version, models.classifier.version, taxonomy.version, rules.version)

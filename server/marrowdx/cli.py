@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sub = p.add_subparsers(dest="kind", required=True)
     e = eval_sub.add_parser("crops", help="folder of class sub-folders")
     e.add_argument("dir")
-    e.add_argument("--labels", required=True, choices=["matek", "pbc"])
+    e.add_argument("--labels", required=True, choices=["matek", "pbc", "folder"],
+                   help="folder names: matek's or pbc's, or 'folder' for a lab's own class names (docs/any-lab.md)")
     e.add_argument("--split", choices=["train", "val", "test"], help="only files of this split (default: all)")
     e.add_argument("--json")
     e.add_argument("--pr-png")
