@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from marrowdx.domain.cells import CellCall, Exclusion, Thresholds
 from marrowdx.domain.diagnosis import Status, load_rules
 from marrowdx.domain.report import CaseInfo, CaseTally, ModelVersions, build_report, count_calls
@@ -63,3 +65,10 @@ def test_report_names_the_confusion_it_used():
     assert with_it.models.confusion == "w1"
     # No file for the running weights: conservative bounds, and the report says none was used.
     assert report_of(CASE).models.confusion == ""
+
+
+def test_the_committed_confusion_is_found_under_the_name_the_service_gives_the_classifier():
+    # The service reports the classifier as "classifier:<weights version>" (inference.triton).
+    version = next(p.stem for p in sorted((Path(__file__).resolve().parents[2] / "server" / "marrowdx" / "data"
+                                            / "confusion").glob("*.json")))
+    assert report_of(CASE, trained=TRAINED_LINEAGE, classifier=f"classifier:{version}").models.confusion == version

@@ -106,7 +106,8 @@ def build_report(report_id: str, created_at: str, case: CaseInfo, tally: CaseTal
     """The report of a case. ``confusion`` defaults to the measured confusion stored for the
     classifier's weights version (none: the rules' conservative bounds)."""
     if confusion is _LOAD:
-        confusion = default_confusion(models.classifier)
+        # The service names the classifier "classifier:<weights version>"; files go by the version.
+        confusion = default_confusion(models.classifier.rsplit(":", 1)[-1])
     diff = differential(tally.class_counts, taxonomy)
     if case.specimen_type == BLOOD:
         # No M:E ratio on blood: nucleated red cells there are not marrow erythropoiesis.
