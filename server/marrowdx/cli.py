@@ -150,6 +150,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             result, curves = evaluate_crops(client, Path(args.dir), args.labels, args.split, progress=sys.stderr.isatty())
             if args.pr_png:
                 plot_curves(curves, Path(args.pr_png), f"{args.labels} ({result['split']}): PR per class")
+        elif args.kind == "blobs":
+            from marrowdx.evaluation.blobs import evaluate_blobs
+
+            try:
+                result = evaluate_blobs(client, Path(args.dir), Path(args.masks), args.cell_class, args.split,
+                                        progress=sys.stderr.isatty(), pixel_spacing_um=args.pixel_spacing)
+            except ValueError as exc:
+                print(f"marrowdx eval blobs: {exc}", file=sys.stderr)
+                return 1
         else:
             from marrowdx.evaluation.fields import evaluate_fields
 
@@ -159,7 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).write_text(text)
-    summary = {k: result[k] for k in ("n", "n_images", "accuracy", "macro_f1", "coverage", "wbc") if k in result}
+    summary = {k: result[k] for k in ("n", "n_images", "accuracy", "macro_f1", "coverage", "wbc", "blobs", "found",
+                                      "counted", "called_of_counted") if k in result}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -331,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["train", "val", "test"], help="only files of this split (default: all)")
     e.add_argument("--json")
     e.add_argument("--pr-png")
+    stack_flags(e)
+    e.set_defaults(func=cmd_eval)
+    e = eval_sub.add_parser("blobs", help="whole fields whose cells of one class are outlined (binary masks)")
+    e.add_argument("dir", help="folder of field images")
+    e.add_argument("--masks", required=True, help="folder of masks named like the images (.png, .bmp, .tif)")
+    e.add_argument("--cell-class", default="plasma_cell", help="the class the outlined cells are (default plasma_cell)")
+    e.add_argument("--split", choices=["train", "val", "test"], help="only fields of this split of the project's")
+    e.add_argument("--pixel-spacing", type=float, default=0.0, help="micrometres per pixel (default: estimated)")
+    e.add_argument("--json")
     stack_flags(e)
     e.set_defaults(func=cmd_eval)
     e = eval_sub.add_parser("fields", help="whole fields with boxes")

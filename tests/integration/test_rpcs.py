@@ -53,7 +53,8 @@ def test_model_info_reports_versions_thresholds_and_untrained_classes(client):
     assert info.models.taxonomy and info.models.rule_set
     assert 0 < info.thresholds.reject_probability < 1
     trained = {c.code: c.trained for c in info.classes}
-    assert trained["blast"] and not trained["lymphoblast"]
+    # Lineage blasts are trained since 2026.12.02a; megakaryocytic cells are not.
+    assert trained["lymphoblast"] and trained["myeloblast"] and not trained["megakaryoblast"]
     assert "Research use only" in info.disclaimer
 
 

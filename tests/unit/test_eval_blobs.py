@@ -47,3 +47,14 @@ def test_no_image_with_a_mask_is_a_clear_error(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(ValueError, match="no image"):
         evaluate_blobs(client=None, images=tmp_path / "images", masks=tmp_path / "masks", cell_class="plasma_cell")
+
+
+def test_the_cli_refuses_a_folder_without_masked_images(tmp_path, capsys):
+    from marrowdx import cli
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    code = cli.main(["eval", "blobs", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                     "--server", "127.0.0.1:1"])
+    assert code == 1
+    assert "no image" in capsys.readouterr().err

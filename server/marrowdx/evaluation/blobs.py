@@ -93,7 +93,7 @@ def _rate(k: int, n: int) -> dict:
 
 
 def evaluate_blobs(client: Client, images: Path, masks: Path, cell_class: str, split: str | None = None,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, pixel_spacing_um: float = 0.0) -> dict:
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
     if split:
         # The project's fixed split of a field folder (marrowdx.evaluation.splits), by file name.
@@ -108,12 +108,54 @@ def evaluate_blobs(client: Client, images: Path, masks: Path, cell_class: str, s
         with Image.open(image_path) as im:
             size = im.size
         labels = label_blobs(read_mask(mask_path, size))
-        response = client.analyze(image_message(image_path))
+        message = image_message(image_path)
+        if pixel_spacing_um:  # the fields' scale, when the lab knows it (else the service estimates it)
+            message.pixel_spacing_um = pixel_spacing_um
+        response = client.analyze(message)
         outcome = match_blobs(labels, response.cells, cell_class)
         blobs += int(labels.max())
         found += len(outcome)
         counted += sum(o in ("counted", "called") for o in outcome.values())
         called += sum(o == "called" for o in outcome.values())
     return {"fields": len(pairs), "blobs": blobs, "cell_class": cell_class, "split": split or "all",
+            "pixel_spacing_um": pixel_spacing_um or "estimated by the service",
             "found": _rate(found, blobs), "counted": _rate(counted, blobs),
             "called_of_counted": _rate(called, counted)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m marrowdx.evaluation.blobs IMAGES MASKS [--split test] [--server HOST:PORT] [--json OUT]"""
+    import argparse
+    import json
+    import sys
+
+    from marrowdx.embedded import given_or_embedded
+    from marrowdx.settings import Settings
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path)
+    p.add_argument("masks", type=Path)
+    p.add_argument("--cell-class", default="plasma_cell")
+    p.add_argument("--split", choices=("train", "val", "test"))
+    p.add_argument("--pixel-spacing", type=float, default=0.0, help="micrometres per pixel of every field")
+    p.add_argument("--server")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    with given_or_embedded(args.server, Settings.from_env()) as address, Client(address) as client:
+        try:
+            result = evaluate_blobs(client, args.images, args.masks, args.cell_class, args.split,
+                                    progress=sys.stderr.isatty(), pixel_spacing_um=args.pixel_spacing)
+        except ValueError as exc:
+            print(f"eval blobs: {exc}", file=sys.stderr)
+            return 2
+        result["models"] = {"detector": client.model_info().models.detector,
+                            "classifier": client.model_info().models.classifier}
+    result["note"] = "Research use only; figures per outlined blob on the split named."
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from marrowdx.interop.hl7 import render_oru
 from marrowdx.settings import PROJECT_ROOT, Settings
 
 FIELDS = sorted((PROJECT_ROOT / "samples" / "fields" / "images").glob("*.jpg"))
+DEMO_CROPS = sorted((PROJECT_ROOT / "samples" / "demo-case" / "crops").glob("*.jpg"))
 EXAMPLE_CONTEXT = OrderContext(patient_id="EXAMPLE-MRN-0001", patient_family_name="EXAMPLE", patient_given_name="PATIENT",
                                birth_date="19800101", sex="U", placer_order_number="PO-EXAMPLE-1",
                                filler_order_number="ACC-EXAMPLE-1")
@@ -86,9 +87,12 @@ def main(out_dir: str) -> int:
     images = [pb.Image(data=frames_as_png(ds)[0], image_id=f"{i:05d}.png") for i, ds in enumerate(sources)]
     settings = Settings.from_env(state_dir=PROJECT_ROOT / "var" / "examples")
     with embedded_service(settings) as address, Client(address) as client:
+        # A case of a real count: the three fields plus the demo case's 400 marrow crops (Matek), so the
+        # messages show decided findings, intervals and the measured-confusion bounds, not a 3-cell run.
+        crops = [pb.Image(data=p.read_bytes(), image_id=p.name) for p in DEMO_CROPS]
         report = client.diagnose(pb.CaseInfo(case_id="EXAMPLE-CASE", accession_id="ACC-EXAMPLE-1", target_count=300,
                                              specimen_type=pb.SPECIMEN_TYPE_BONE_MARROW_ASPIRATE),
-                                 fields=images)
+                                 fields=images, crops=crops)
     (out / "example-oru.hl7").write_text(render_oru(report, EXAMPLE_CONTEXT, control_id="EXAMPLE-1").replace("\r", "\n"))
     (out / "example-fhir-bundle.json").write_text(
         render_bundle(report, EXAMPLE_CONTEXT).model_dump_json(indent=2, exclude_none=True))
