@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=0, help="an MLP of this width adds to the --learn classes' logits")
     p.add_argument("--learn", default="myeloblast,lymphoblast,promonocyte,abnormal_promyelocyte,"
                    "reactive_lymphocyte,plasma_cell,smudge")
+    p.add_argument("--class-bias", action="store_true", help="fit a per-class bias for trained classes on held-out cells")
     p.add_argument("--json", type=Path)
     p.add_argument("--out", type=Path, help="also train the served head on every training cell and save it here")
     p.add_argument("--version", help="weights version: write the measured confusion for it (needs --out)")
@@ -435,7 +436,16 @@ def main(argv: list[str] | None = None) -> None:
     stacked = torch.stack([held_view_logits[v] for v in EVAL_VIEWS])
     temperature = fit_temperature(stacked[:, val_rows], mask[val_rows])
     held_log_p = torch.logsumexp(F.log_softmax(stacked / temperature, 2), 0) - math.log(len(EVAL_VIEWS))
+    class_bias = torch.zeros(len(taxonomy.codes))
+    if args.class_bias:
+        # The bias half of vector scaling (round 7's recipe), fitted on the same held-out cells, for
+        # trained classes only: an untrained class (say monoblast, a member of Matek's blast set)
+        # must never be raised by it.
+        trained_mask = torch.tensor([c in evaluator.trained for c in taxonomy.codes])
+        class_bias = fit_trained_bias(held_log_p[val_rows], mask[val_rows], trained_mask)
+        held_log_p = torch.log_softmax(held_log_p + class_bias, 1)
     report: dict = {"features": str(args.features), "taxonomy": taxonomy.version, "epochs": args.epochs,
+                    "class_bias": {c: round(float(b), 4) for c, b in zip(taxonomy.codes, class_bias, strict=True) if b},
                     "temperature": round(temperature, 4), "hidden": args.hidden, "learn": args.learn,
                     "freeze_old": args.freeze_old,
                     "pull": args.pull, "power": args.power, "eval_views": list(EVAL_VIEWS)}
@@ -458,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         # The served head leaves deepapl's test patients out (split by patient): the service-level
         # checks (tests/integration/test_lineage_cases.py) run on patients it never saw.
         rows = np.flatnonzero(not_deepapl_train | ((datasets == "deepapl") & (splits != "test")))
-        save_head_run(args.out, args.backbone, taxonomy, train_on(rows), meta, rows, report)
+        save_head_run(args.out, args.backbone, taxonomy, train_on(rows), meta, rows, report, class_bias)
         if args.version:
             confusion = confusion_counts([meta[r] for r in val_rows], held_log_p[val_rows], taxonomy)
             path = Path(args.confusion_dir) / f"{args.version}.json"
@@ -505,15 +515,33 @@ def trained_classes(meta: list[dict], rows: np.ndarray, minimum: int = 20) -> li
     return trained_classes_of([tuple(meta[r]["targets"]) for r in rows], minimum)
 
 
+def fit_trained_bias(log_probs: torch.Tensor, mask: torch.Tensor, fitted: torch.Tensor) -> torch.Tensor:
+    """Per-class offsets to held-out log-probabilities minimising the set NLL, for the ``fitted``
+    classes only, centred on zero over them."""
+    bias = torch.zeros(log_probs.shape[1], requires_grad=True)
+    weight = fitted.float()
+    opt = torch.optim.LBFGS([bias], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = set_nll(log_probs + bias * weight, mask).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    b = bias.detach() * weight
+    return (b - b.sum() / weight.sum()) * weight
+
+
 def save_head_run(out: Path, backbone: Path, taxonomy: Taxonomy, head: ResidualHead, meta: list[dict],
-                  rows: np.ndarray, report: dict) -> None:
+                  rows: np.ndarray, report: dict, class_bias: torch.Tensor | None = None) -> None:
     """A checkpoint export.py reads (the backbone with the new head) and its summary.json."""
     from training.models import CellClassifier
 
     model = load_backbone(backbone)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.") and k != "class_bias"}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
-    state["class_bias"] = torch.zeros(len(taxonomy.codes))
+    state["class_bias"] = torch.zeros(len(taxonomy.codes)) if class_bias is None else class_bias
     state["temperature"] = torch.tensor([float(report.get("temperature", 1.0))])
     hidden = head.extra[0].out_features
     CellClassifier(len(taxonomy.codes), width=model.width, head_hidden=hidden).load_state_dict(state)  # shapes
