@@ -36,6 +36,7 @@ from PIL import Image
 from marrowdx.domain.taxonomy import Taxonomy
 from marrowdx.evaluation.splits import split_of
 from marrowdx.imaging.crops import square_crop
+from marrowdx.imaging.framing import otsu_threshold
 from training.data import DEFAULT_DATA_ROOT, frame_crop, index_crops
 
 # deepapl folders -> taxonomy targets; 'blast' and 'promyelocyte' depend on the patient.
@@ -91,17 +92,6 @@ def deepapl_cells(root: Path) -> list[Cell]:
     return cells
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=128)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m = np.cumsum(hist * centres)
-    mu0 = m / np.maximum(w0, 1)
-    mu1 = (m[-1] - m) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
-
-
 def find_white_cells(image: Image.Image, min_area: int = 180, max_area: int = 1400,
                      floor: float = 25.0) -> list[tuple[int, int, int, int]]:
     """Boxes of single white-cell nuclei in a Romanowsky-stained field, by colour.
@@ -116,7 +106,7 @@ def find_white_cells(image: Image.Image, min_area: int = 180, max_area: int = 14
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     violet = (rgb[..., 0] + rgb[..., 2]) / 2 - rgb[..., 1]
-    mask = violet > max(_otsu(violet), floor)
+    mask = violet > max(otsu_threshold(violet), floor)
     mask = ndimage.binary_fill_holes(ndimage.binary_opening(mask, iterations=1))
     labels, _ = ndimage.label(mask)
     height, width = mask.shape

@@ -25,30 +25,14 @@ from tqdm import tqdm
 from marrowdx.client import IMAGE_SUFFIXES, Client, image_message
 from marrowdx.domain.counting import wilson_interval
 from marrowdx.evaluation.splits import split_of
+from marrowdx.imaging.framing import label_components
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 
 
 def label_blobs(mask: np.ndarray) -> np.ndarray:
     """4-connected components of a binary mask (0 = background), numbered from 1."""
-    from collections import deque
-
-    labels = np.zeros(mask.shape, np.int32)
-    current = 0
-    height, width = mask.shape
-    for y, x in zip(*np.nonzero(mask), strict=True):
-        if labels[y, x]:
-            continue
-        current += 1
-        labels[y, x] = current
-        queue = deque([(y, x)])
-        while queue:
-            cy, cx = queue.popleft()
-            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = current
-                    queue.append((ny, nx))
-    return labels
+    return label_components(mask, eight=False)[0]
 
 
 def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:

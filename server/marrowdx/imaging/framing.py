@@ -72,7 +72,8 @@ class Framing:
     recut: str = ""
 
 
-def _otsu(values: np.ndarray) -> float:
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of a 1-D sample (128 bins): shared by crop framing and training's stain finder."""
     hist, edges = np.histogram(values, bins=128)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
@@ -83,8 +84,10 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components (small masks only: a crop at the work size)."""
+def label_components(mask: np.ndarray, eight: bool = True) -> tuple[np.ndarray, int]:
+    """Connected components (8- or 4-connected) numbered from 1, pure numpy so the service
+    needs no scipy; for crops at the work size and single fields (eval blobs)."""
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy or dx) and (eight or not (dy and dx))]
     labels = np.zeros(mask.shape, np.int32)
     current = 0
     h, w = mask.shape
@@ -96,11 +99,11 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
         queue = deque([(y, x)])
         while queue:
             cy, cx = queue.popleft()
-            for ny in (cy - 1, cy, cy + 1):
-                for nx in (cx - 1, cx, cx + 1):
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = current
-                        queue.append((ny, nx))
+            for dy, dx in steps:
+                ny, nx = cy + dy, cx + dx
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    queue.append((ny, nx))
     return labels, current
 
 
@@ -109,7 +112,7 @@ def nucleus_mask(rgb: np.ndarray, floor: float = 25.0) -> np.ndarray:
     blue) and are kept out even when a crop has no nucleus for Otsu's threshold to find."""
     rgb = rgb.astype(np.float32)
     violet = (rgb[..., 0] + rgb[..., 2]) / 2 - rgb[..., 1]
-    mask = (violet > max(_otsu(violet), floor)) & (rgb[..., 2] - rgb[..., 0] > -10)
+    mask = (violet > max(otsu_threshold(violet), floor)) & (rgb[..., 2] - rgb[..., 0] > -10)
     opened = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
     return np.asarray(opened) > 0
 
@@ -124,7 +127,7 @@ def find_cell(image: Image.Image) -> Framing:
     h, w = mask.shape
     # Lobes of one nucleus join when the mask is grown by LOBE_GAP / 2 on each side.
     grown = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(LOBE_GAP))) > 0
-    labels, n = _label(grown)
+    labels, n = label_components(grown)
     groups = []
     for k in range(1, n + 1):
         ys, xs = np.nonzero((labels == k) & mask)
